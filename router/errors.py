@@ -1,0 +1,141 @@
+"""The whole exception tree of abrouter.
+
+Third-party exceptions (httpx, redis, joblib) are translated into these at exactly one
+boundary, the module that calls the library. The app renders every `RouterError` with one
+handler as ``{"error": {"code", "message", "details"}}`` and the class's HTTP status::
+
+    RouterError
+      ConfigError        InvalidConfig (422) · UnknownExperiment (404) · VersionConflict (412)
+                         PreconditionRequired (428)
+      RequestError       MissingUnit (400) · InvalidPayload (422) · PayloadTooLarge (413)
+      AuthError          Unauthorized (401)
+      UpstreamError      UpstreamTimeout (504) · UpstreamUnavailable (502)
+      VariantError       ModelLoadError (500, start-up only) · PredictionError (500)
+      StoreUnavailable   (503; never reaches a prediction caller: the event path buffers instead)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+
+class RouterError(Exception):
+    """Base of every error abrouter raises on purpose."""
+
+    status_code: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, *, details: Sequence[Any] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = list(details)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON error body of the HTTP API."""
+        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+
+
+class ConfigError(RouterError):
+    """Something is wrong with an experiment's configuration or its version."""
+
+    status_code = 422
+    code = "config_error"
+
+
+class InvalidConfig(ConfigError):
+    """A config file or body failed validation; `details` holds one `path: message` per problem."""
+
+    status_code = 422
+    code = "invalid_config"
+
+
+class UnknownExperiment(ConfigError):
+    status_code = 404
+    code = "unknown_experiment"
+
+
+class VersionConflict(ConfigError):
+    """The caller edited a version that is no longer current."""
+
+    status_code = 412
+    code = "version_conflict"
+
+
+class PreconditionRequired(ConfigError):
+    status_code = 428
+    code = "precondition_required"
+
+
+class RequestError(RouterError):
+    status_code = 400
+    code = "bad_request"
+
+
+class MissingUnit(RequestError):
+    status_code = 400
+    code = "missing_unit"
+
+
+class InvalidPayload(RequestError):
+    status_code = 422
+    code = "invalid_payload"
+
+
+class PayloadTooLarge(RequestError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class AuthError(RouterError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class Unauthorized(AuthError):
+    pass
+
+
+class UpstreamError(RouterError):
+    """A remote variant did not answer usefully."""
+
+    status_code = 502
+    code = "upstream_error"
+    #: closed set used as the `kind` label of abrouter_upstream_errors_total
+    kind: ClassVar[str] = "connect"
+
+
+class UpstreamTimeout(UpstreamError):
+    status_code = 504
+    code = "upstream_timeout"
+    kind = "timeout"
+
+
+class UpstreamUnavailable(UpstreamError):
+    """Connection refused, reset or closed before a response."""
+
+    status_code = 502
+    code = "upstream_unavailable"
+    kind = "connect"
+
+
+class VariantError(RouterError):
+    status_code = 500
+    code = "variant_error"
+
+
+class ModelLoadError(VariantError):
+    """A local model file could not be loaded; raised at start-up, never on a request."""
+
+    code = "model_load_error"
+
+
+class PredictionError(VariantError):
+    """A local model raised while predicting on well-formed input."""
+
+    code = "prediction_error"
+
+
+class StoreUnavailable(RouterError):
+    status_code = 503
+    code = "store_unavailable"
