@@ -101,7 +101,9 @@ def load_file(path: str | Path) -> list[Experiment]:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise InvalidConfig(f"{source}: invalid", details=[f"{source}: the top level must be a mapping with `experiments`"])
+        raise InvalidConfig(
+            f"{source}: invalid", details=[f"{source}: the top level must be a mapping with `experiments`"]
+        )
     try:
         return ConfigFile.model_validate(data).experiments
     except ValidationError as exc:

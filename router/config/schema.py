@@ -7,6 +7,7 @@ rejected with every problem named.
 
 from __future__ import annotations
 
+import itertools
 from enum import StrEnum
 from typing import Annotated, Final, Literal, Self
 
@@ -117,7 +118,7 @@ class Rollout(_Model):
     @field_validator("steps")
     @classmethod
     def _steps_increase(cls, steps: list[float]) -> list[float]:
-        if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(steps)):
             raise ValueError(f"must be strictly increasing, got {steps}")
         return steps
 
@@ -151,7 +152,9 @@ class Experiment(_Model):
 
     name: Name
     description: str = ""
-    unit: str = Field(default="header:X-User-Id", description="header:NAME, cookie:NAME, query:NAME or json:dotted.path")
+    unit: str = Field(
+        default="header:X-User-Id", description="header:NAME, cookie:NAME, query:NAME or json:dotted.path"
+    )
     seed: str | None = Field(default=None, description="hash seed; defaults to the name")
     hash_version: Literal[1, 2] = 2
     coverage: float = Field(default=1.0, ge=0, le=1)
@@ -218,8 +221,10 @@ class Experiment(_Model):
             problems.append(("rollout.canary", "cannot be the control"))
         allowed = metrics | OPERATIONAL_GATE_METRICS
         problems += [
-            (f"rollout.gates[{i}].metric", f"{gate.metric!r} is neither a declared metric nor one of "
-             f"{sorted(OPERATIONAL_GATE_METRICS)}")
+            (
+                f"rollout.gates[{i}].metric",
+                f"{gate.metric!r} is neither a declared metric nor one of {sorted(OPERATIONAL_GATE_METRICS)}",
+            )
             for i, gate in enumerate(self.rollout.gates)
             if gate.metric not in allowed
         ]
