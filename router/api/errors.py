@@ -1,0 +1,47 @@
+"""Exception handlers: every failure leaves the app as the same JSON error shape."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from router.api.responses import error_response
+from router.errors import RouterError
+
+log = logging.getLogger("abrouter.api")
+
+
+class _HTTPError(RouterError):
+    """A Starlette routing error (404 no route, 405 method) in our error shape."""
+
+    def __init__(self, status_code: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status_code = status_code  # type: ignore[misc]  # per instance: routing errors vary
+        self.code = code  # type: ignore[misc]
+
+
+async def handle_router_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RouterError)
+    return error_response(exc)
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return error_response(_HTTPError(exc.status_code, code, f"{request.method} {request.url.path}: {exc.detail}"))
+
+
+async def handle_unexpected(request: Request, exc: Exception) -> Response:
+    """The outermost net: a bug gives a logged 500 in our error shape, never a stack trace to the caller."""
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(_HTTPError(500, "internal_error", "internal error; see the gateway log"))
+
+
+EXCEPTION_HANDLERS = {
+    RouterError: handle_router_error,
+    HTTPException: handle_http_exception,
+    Exception: handle_unexpected,
+}

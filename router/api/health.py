@@ -1,0 +1,36 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from router.api.responses import JSONResponse
+from router.services import Services
+
+
+async def healthz(request: Request) -> Response:
+    """Alive: the process answers. Orchestrators restart it when this fails."""
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """Ready: config loaded and Redis answering; otherwise 503 with the reasons, so traffic goes elsewhere."""
+    services: Services = request.app.state.services
+    reasons: list[str] = []
+    if not services.live.loaded:
+        reasons.append("no experiment config loaded yet")
+    redis_problem = await services.redis_problem()
+    if redis_problem is not None:
+        reasons.append(redis_problem)
+        if services.live.loaded:
+            reasons.append("serving the last config loaded")
+    reasons += [f"experiment {name}: newest {why}" for name, why in sorted(services.live.rejected.items())]
+    body = {
+        "status": "ready" if not reasons else "not_ready",
+        "reasons": reasons,
+        "experiments": {name: services.live.get(name).version for name in services.live.names()},
+    }
+    # a rejected new version is worth reporting but the replica still serves the previous one
+    unready = not services.live.loaded or redis_problem is not None
+    return JSONResponse(body, status_code=503 if unready else 200)

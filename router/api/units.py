@@ -1,0 +1,60 @@
+"""Reading a call's unit id from where the experiment's `unit` says: header, cookie, query or JSON body."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from http.cookies import CookieError, SimpleCookie
+from typing import Any, Final
+
+from router.variants.base import PredictCall
+
+MAX_UNIT_ID_LENGTH: Final = 256
+
+
+@functools.lru_cache(maxsize=1024)
+def parse_unit_source(unit: str) -> tuple[str, str]:
+    """'header:X-User-Id' -> ('header', 'x-user-id'); 'json:user.id' -> ('json', 'user.id')."""
+    source, _, key = unit.partition(":")
+    return source, key.lower() if source == "header" else key
+
+
+def unit_id_of(unit: str, *, headers: Mapping[str, str], query: Mapping[str, str], call: PredictCall) -> str | None:
+    """The unit id of one call, or None when the call carries none (empty or absurdly long ids count as none)."""
+    source, key = parse_unit_source(unit)
+    value: Any
+    if source == "header":
+        value = headers.get(key)
+    elif source == "query":
+        value = query.get(key)
+    elif source == "cookie":
+        value = _cookie(headers.get("cookie"), key)
+    else:
+        value = _json_path(call.json(), key.split("."))
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    text = str(value).strip()
+    return text if 0 < len(text) <= MAX_UNIT_ID_LENGTH else None
+
+
+def _cookie(header: str | None, name: str) -> str | None:
+    if not header:
+        return None
+    cookies: SimpleCookie = SimpleCookie()
+    try:
+        cookies.load(header)
+    except CookieError:
+        return None
+    morsel = cookies.get(name)
+    return morsel.value if morsel is not None else None
+
+
+def _json_path(document: Any, path: list[str]) -> Any:
+    for part in path:
+        if isinstance(document, dict):
+            document = document.get(part)
+        elif isinstance(document, list) and part.isdigit() and int(part) < len(document):
+            document = document[int(part)]
+        else:
+            return None
+    return document

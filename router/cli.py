@@ -1,0 +1,173 @@
+"""The `abrouter` command. Exit codes: 0 ok, 1 failure, 2 bad usage."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from rich.console import Console
+
+from router import __version__
+from router.config.loader import config_files, load_file, load_files
+from router.config.schema import Experiment
+from router.errors import InvalidConfig, RouterError
+from router.settings import Settings
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)  # no wrapping: lines get grepped
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="abrouter", description="A/B-testing and canary router for ML models.")
+    parser.add_argument("--version", action="version", version=f"abrouter {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the gateway (embedded Redis unless --redis-url)")
+    serve.add_argument(
+        "--config",
+        action="append",
+        metavar="PATH",
+        help="config file or directory to apply "
+        "for experiments not yet stored (repeatable; default ABROUTER_CONFIG_PATHS)",
+    )
+    serve.add_argument("--redis-url", help="Redis to use (default ABROUTER_REDIS_URL, else an embedded one)")
+    serve.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    serve.add_argument("--workers", type=int, help="worker processes (default 1)")
+    serve.add_argument(
+        "--data-dir", type=Path, help="where the embedded Redis and local state live (default .abrouter)"
+    )
+    serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+
+    validate = commands.add_parser("validate", help="check config files; print `ok` or every problem")
+    validate.add_argument("files", nargs="+", metavar="FILE", help="config files or directories")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on bad usage and 0 on --help
+        return int(exc.code or 0)
+    try:
+        if args.command == "serve":
+            return serve(args)
+        if args.command == "validate":
+            return validate(args.files)
+    except RouterError as exc:
+        err.print(f"[red]error:[/] {exc.message}")
+        for detail in exc.details:
+            err.print(f"  {detail}")
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+def validate(paths: Sequence[str]) -> int:
+    """Print `FILE: ok` per valid file and each problem of the others as `FILE: path: message`."""
+    failed = False
+    files = config_files(paths)
+    if not files:
+        err.print("no config files found in " + ", ".join(paths))
+        return EXIT_FAILURE
+    for path in files:
+        try:
+            load_file(path)
+        except InvalidConfig as exc:
+            failed = True
+            for detail in exc.details:
+                print(detail)
+        else:
+            print(f"{path}: ok")
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _serve_settings(args: argparse.Namespace) -> Settings:
+    overrides = {
+        "config_paths": args.config,
+        "redis_url": args.redis_url,
+        "host": args.host,
+        "port": args.port,
+        "workers": args.workers,
+        "data_dir": args.data_dir,
+        "log_level": args.log_level,
+    }
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Start the embedded Redis if needed, apply example configs, check local models, run uvicorn."""
+    import uvicorn
+
+    from router.store.embedded import RedisServer
+
+    settings = _serve_settings(args)
+    experiments = load_files(settings.config_paths)  # nothing half-valid is applied
+    with contextlib.ExitStack() as cleanup:
+        if settings.redis_url is None:
+            redis_server = RedisServer(settings.data_dir / "redis")
+            redis_server.start()
+            cleanup.callback(redis_server.stop)
+            err.print(f"embedded Redis at {redis_server.url} (data in {settings.data_dir / 'redis'})")
+            settings = settings.model_copy(update={"redis_url": redis_server.url})
+        asyncio.run(_prepare(settings, experiments))
+        os.environ.update(settings.to_environment())
+        # uvicorn drains in-flight calls on SIGTERM/SIGINT, then re-raises the signal; turning it
+        # into an exception here lets the cleanup (stopping the embedded Redis cleanly) run.
+        signal.signal(signal.SIGTERM, _stop_requested)
+        signal.signal(signal.SIGINT, _stop_requested)
+        with contextlib.suppress(StopRequested):
+            uvicorn.run(
+                "router.app:app_from_environment",
+                factory=True,
+                host=settings.host,
+                port=settings.port,
+                workers=settings.workers,
+                loop="uvloop",
+                http="httptools",
+                log_level=settings.log_level,
+                timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+                server_header=False,
+            )
+    return EXIT_OK
+
+
+class StopRequested(Exception):
+    """SIGTERM or SIGINT after uvicorn's graceful shutdown: leave `serve` through its cleanup."""
+
+
+def _stop_requested(signum: int, frame: FrameType | None) -> None:
+    raise StopRequested(signal.Signals(signum).name)
+
+
+async def _prepare(settings: Settings, experiments: Sequence[Experiment]) -> None:
+    """Store the config-file experiments that do not exist yet, then load every model in force once.
+
+    Loading here, before any worker starts, turns a broken model file into one clear error
+    instead of workers that crash and restart forever.
+    """
+    from router.services import open_services
+
+    async with open_services(settings) as services:
+        if not services.live.loaded:
+            raise RouterError(f"Redis at {settings.redis_url} does not answer; start it or fix --redis-url")
+        for experiment in experiments:
+            created = await services.store.create_if_absent(experiment, actor="config-file")
+            if created is not None:
+                err.print(f"applied {experiment.name} (version {created.version}) from the config files")
+        await services.live.refresh(strict=True)
+        err.print(f"{len(services.live.names())} experiment(s) in force: {', '.join(services.live.names()) or '-'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

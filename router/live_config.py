@@ -1,0 +1,117 @@
+"""The experiments in force in this process: an in-memory copy of the store, kept fresh.
+
+Requests read only this copy, so assignment never waits for Redis, and a replica that loses
+Redis keeps serving the last config it had. A periodic version check picks up changes made
+through any replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from router.config.schema import Experiment
+from router.errors import ModelLoadError, StoreUnavailable, UnknownExperiment
+from router.proxy import UpstreamClient
+from router.store.configs import ConfigStore, StoredExperiment
+from router.variants.base import VariantBackend
+from router.variants.registry import ModelCache, build_backends
+
+log = logging.getLogger("abrouter.config")
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveExperiment:
+    """One experiment's config version together with the backends that serve its variants."""
+
+    stored: StoredExperiment
+    backends: Mapping[str, VariantBackend]
+
+    @property
+    def experiment(self) -> Experiment:
+        return self.stored.experiment
+
+    @property
+    def version(self) -> int:
+        return self.stored.version
+
+
+class LiveConfig:
+    """Holds the active experiments and refreshes them from the `ConfigStore`."""
+
+    def __init__(self, store: ConfigStore, *, client: UpstreamClient, models: ModelCache) -> None:
+        self._store = store
+        self._client = client
+        self._models = models
+        self._active: dict[str, ActiveExperiment] = {}
+        self.loaded = False
+        self.store_error: str | None = None
+        #: experiment name -> why its newest version is not in force (e.g. its model failed to load)
+        self.rejected: dict[str, str] = {}
+        self.last_refresh: float | None = None
+
+    def get(self, name: str) -> ActiveExperiment:
+        """The experiment in force called `name`."""
+        active = self._active.get(name)
+        if active is not None:
+            return active
+        if not self.loaded:
+            raise StoreUnavailable("no experiment config has been loaded from Redis yet")
+        raise UnknownExperiment(f"no experiment named {name!r}", details=[{"experiment": name}])
+
+    def names(self) -> list[str]:
+        return sorted(self._active)
+
+    async def refresh(self, *, strict: bool = False) -> None:
+        """Load every experiment whose stored version differs from the one in force.
+
+        With `strict` (start-up), a model that fails to load raises `ModelLoadError`; later, it
+        is logged and the previous version stays in force.
+        """
+        try:
+            versions = await self._store.versions()
+            changed = [name for name, version in versions.items() if self._version_of(name) != version]
+            loaded = [await self._store.get(name) for name in changed]
+        except (StoreUnavailable, UnknownExperiment) as exc:
+            # UnknownExperiment: archived between the two reads; the next refresh settles it
+            self.store_error = exc.message
+            raise
+        for stored in loaded:
+            await self._activate(stored, strict=strict)
+        for name in set(self._active) - set(versions):
+            log.info("experiment %s is archived or deleted: no longer served", name)
+            del self._active[name]
+        self.store_error = None
+        self.loaded = True
+        self.last_refresh = time.monotonic()
+
+    def _version_of(self, name: str) -> int | None:
+        active = self._active.get(name)
+        return active.version if active is not None else None
+
+    async def _activate(self, stored: StoredExperiment, *, strict: bool) -> None:
+        name = stored.experiment.name
+        try:
+            backends = await build_backends(stored.experiment, client=self._client, models=self._models)
+        except ModelLoadError as exc:
+            if strict:
+                raise
+            log.error("experiment %s version %d not applied: %s", name, stored.version, exc.message)
+            self.rejected[name] = f"version {stored.version}: {exc.message}"
+            return
+        self.rejected.pop(name, None)
+        previous = self._version_of(name)
+        self._active[name] = ActiveExperiment(stored=stored, backends=backends)
+        log.info("experiment %s: version %s -> %d in force", name, previous, stored.version)
+
+    async def run(self, interval_s: float) -> None:
+        """Refresh forever (cancel to stop); a failed refresh keeps the last config in force."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.refresh()
+            except (StoreUnavailable, UnknownExperiment) as exc:
+                log.warning("config refresh failed, serving the last config: %s", exc.message)

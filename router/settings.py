@@ -1,0 +1,50 @@
+"""Process settings, read from `ABROUTER_*` environment variables (CLI flags override them).
+
+pydantic-settings parses and validates the environment with the same machinery as the config
+schema, so a bad `ABROUTER_PORT=abc` fails at start-up with the variable named.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything a gateway process needs to start; one instance per process."""
+
+    model_config = SettingsConfigDict(env_prefix="ABROUTER_", extra="ignore", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    redis_url: str | None = Field(default=None, description="None starts the embedded Redis under data_dir")
+    redis_cluster: bool = Field(default=False, description="treat redis_url as a Redis Cluster node")
+    redis_prefix: str = "abr:"
+    redis_timeout_s: float = Field(default=0.5, gt=0, description="socket timeout of every Redis command")
+    data_dir: Path = Path(".abrouter")
+    config_paths: list[Path] = Field(default_factory=list, description="files or directories applied at start-up")
+
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    config_refresh_s: float = Field(default=1.0, gt=0, description="how often the stored config versions are checked")
+
+    upstream_max_connections: int = Field(default=512, gt=0)
+    upstream_keepalive_s: float = Field(default=30.0, gt=0)
+
+    shutdown_grace_s: float = Field(default=10.0, ge=0, description="in-flight calls get this long on SIGTERM")
+
+    def to_environment(self) -> dict[str, str]:
+        """These settings as ABROUTER_* variables, so worker processes started by uvicorn read the same."""
+        env = {}
+        for name, value in self.model_dump(mode="json").items():
+            if value is None:
+                continue
+            text = json.dumps(value) if isinstance(value, list | dict | bool) else str(value)
+            env[f"ABROUTER_{name.upper()}"] = text
+        return env

@@ -1,0 +1,366 @@
+"""Versioned experiment configs in Redis, the source of truth at run time (SPEC sections 4 and 5).
+
+Every change writes a new integer version with one compare-and-set Lua script that touches only
+the experiment's own keys (one cluster slot): it checks the version the caller saw, replaces the
+config hash and appends to the history list. Then the change is announced on a pub/sub channel
+so every replica reloads it; replicas also poll `versions()` as a backstop for lost messages.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import redis.asyncio
+import redis.exceptions
+
+from router.config.schema import Experiment
+from router.errors import StoreUnavailable, UnknownExperiment, VersionConflict
+from router.store.keys import Keys
+
+# KEYS: config hash, history list. ARGV: the version the caller saw ("" = absent), the new version,
+# config JSON, updated_at, updated_by, archived (0/1), change, history entry JSON.
+# Returns {1, new version} or {0, version found} so the caller can say which version won.
+_COMPARE_AND_SET: Final = """
+local current = redis.call('HGET', KEYS[1], 'version') or ''
+if current ~= ARGV[1] then
+  return {0, current}
+end
+redis.call('HSET', KEYS[1], 'version', ARGV[2], 'config', ARGV[3], 'updated_at', ARGV[4],
+           'updated_by', ARGV[5], 'archived', ARGV[6], 'change', ARGV[7])
+redis.call('RPUSH', KEYS[2], ARGV[8])
+return {1, ARGV[2]}
+"""
+
+# Shown inline in a change summary up to this length; longer values are only said to have changed.
+_SHOW_MAX: Final = 60
+
+
+@dataclass(frozen=True, slots=True)
+class StoredExperiment:
+    """One version of an experiment as the store holds it."""
+
+    experiment: Experiment
+    version: int
+    updated_at: str
+    updated_by: str
+    archived: bool = False
+    change: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.experiment.name
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ConfigStore:
+    """Reads and writes experiment configs with optimistic concurrency (an expected version per write)."""
+
+    def __init__(self, redis: redis.asyncio.Redis, *, keys: Keys, clock: Callable[[], datetime] = utc_now) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._clock = clock
+        self._compare_and_set = redis.register_script(_COMPARE_AND_SET)
+
+    async def get(self, name: str) -> StoredExperiment:
+        """The version of `name` in force; `UnknownExperiment` if there is none or it is archived."""
+        stored = await self._read(name)
+        if stored is None or stored.archived:
+            raise _unknown(name, stored)
+        return stored
+
+    async def list(self) -> builtins.list[StoredExperiment]:
+        """Every experiment that is not archived, sorted by name."""
+        names = await self._names()
+        with _translate_errors():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.hgetall(self._keys.config(name))
+                rows = await pipe.execute()
+        stored = (_from_hash(row) for row in rows if row)
+        return [s for s in stored if not s.archived]
+
+    async def versions(self) -> dict[str, int]:
+        """name -> version of every experiment that is not archived, without reading the configs."""
+        names = await self._names()
+        with _translate_errors():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.hmget(self._keys.config(name), ["version", "archived"])
+                rows = await pipe.execute()
+        return {
+            name: int(version)
+            for name, (version, archived) in zip(names, rows, strict=True)
+            if version is not None and _text(archived) != "1"
+        }
+
+    async def put(self, experiment: Experiment, *, actor: str, expected_version: int | None) -> StoredExperiment:
+        """Create (`expected_version=None`) or replace the version the caller saw; an identical config is a no-op.
+
+        Creating an archived experiment again continues its version numbers, so history stays one line.
+        """
+        name = experiment.name
+        current = await self._read(name)
+        if expected_version is None:
+            if current is not None and not current.archived:
+                raise VersionConflict(
+                    f"experiment {name!r} already exists at version {current.version}; "
+                    "replacing it needs the version being replaced",
+                    details=[{"experiment": name, "expected_version": None, "current_version": current.version}],
+                )
+            change = (
+                "created" if current is None else _joined("re-created", describe_change(current.experiment, experiment))
+            )
+        else:
+            if current is None or current.archived:
+                raise _unknown(name, current)
+            _check_version(name, expected_version, current.version)
+            if _same_config(current.experiment, experiment):
+                return current
+            change = describe_change(current.experiment, experiment)
+        return await self._write(
+            experiment, actor=actor, change=change, seen=current, expected_version=expected_version
+        )
+
+    async def create_if_absent(self, experiment: Experiment, *, actor: str) -> StoredExperiment | None:
+        """Create `experiment` unless one of that name exists, archived ones included; None when it exists.
+
+        An archived experiment counts as existing so that `serve --config` does not bring back
+        what an operator deleted each time the gateway restarts.
+        """
+        if await self._read(experiment.name) is not None:
+            return None
+        try:
+            return await self._write(experiment, actor=actor, change="created", seen=None, expected_version=None)
+        except VersionConflict:
+            return None  # another replica created it between our read and our write
+
+    async def history(self, name: str) -> builtins.list[StoredExperiment]:
+        """Every version of `name`, oldest first, archived ones included."""
+        with _translate_errors():
+            entries = await self._redis.lrange(self._keys.history(name), 0, -1)
+        if not entries:
+            raise _unknown(name, None)
+        return [_from_history_entry(entry) for entry in entries]
+
+    async def archive(self, name: str, *, actor: str, expected_version: int | None = None) -> StoredExperiment:
+        """Write a new version marked archived: it stops being served, its data and history are kept."""
+        current = await self._read(name)
+        if current is None or current.archived:
+            raise _unknown(name, current)
+        if expected_version is not None:
+            _check_version(name, expected_version, current.version)
+        return await self._write(
+            current.experiment,
+            actor=actor,
+            change="archived",
+            seen=current,
+            expected_version=expected_version,
+            archived=True,
+        )
+
+    async def _read(self, name: str) -> StoredExperiment | None:
+        with _translate_errors():
+            row = await self._redis.hgetall(self._keys.config(name))
+        return _from_hash(row) if row else None
+
+    async def _names(self) -> builtins.list[str]:
+        with _translate_errors():
+            members = await self._redis.smembers(self._keys.index())
+        return sorted(_text(m) for m in members)
+
+    async def _write(
+        self,
+        experiment: Experiment,
+        *,
+        actor: str,
+        change: str,
+        seen: StoredExperiment | None,
+        expected_version: int | None,
+        archived: bool = False,
+    ) -> StoredExperiment:
+        name = experiment.name
+        stored = StoredExperiment(
+            experiment=experiment,
+            version=(seen.version if seen is not None else 0) + 1,
+            updated_at=_iso(self._clock()),
+            updated_by=actor,
+            archived=archived,
+            change=change,
+        )
+        config_json = _dumps(experiment.model_dump(mode="json"))
+        entry = {
+            "version": stored.version,
+            "updated_at": stored.updated_at,
+            "updated_by": stored.updated_by,
+            "archived": stored.archived,
+            "change": stored.change,
+            "config": experiment.model_dump(mode="json"),
+        }
+        with _translate_errors():
+            # Indexed before the write: a name whose write then fails is skipped by readers, whereas
+            # a written config missing from the index would be invisible to list() and versions().
+            await self._redis.sadd(self._keys.index(), name)
+            outcome, version = await self._compare_and_set(
+                keys=[self._keys.config(name), self._keys.history(name)],
+                args=[
+                    str(seen.version) if seen is not None else "",
+                    str(stored.version),
+                    config_json,
+                    stored.updated_at,
+                    stored.updated_by,
+                    "1" if archived else "0",
+                    change,
+                    _dumps(entry),
+                ],
+            )
+        if int(outcome) != 1:
+            found = int(version) if version else None
+            raise VersionConflict(
+                f"experiment {name!r} changed concurrently: it was at version "
+                f"{seen.version if seen is not None else 'none'} and is now at version {found or 'none'}",
+                details=[{"experiment": name, "expected_version": expected_version, "current_version": found}],
+            )
+        with _translate_errors():
+            # A lost notification is repaired by the replicas' periodic versions() check.
+            message = {"name": name, "version": stored.version, "archived": archived}
+            await self._redis.publish(self._keys.config_channel(), _dumps(message))
+        return stored
+
+
+def describe_change(before: Experiment, after: Experiment) -> str:
+    """A readable summary of what changed, e.g. "weights a 90->75, b 10->25; status running->paused"."""
+    old, new = before.model_dump(mode="json"), after.model_dump(mode="json")
+    parts: builtins.list[str] = []
+    for field, value in new.items():
+        if field == "variants":
+            parts += _variant_changes(old["variants"], value)
+        elif old.get(field) != value:
+            parts.append(_field_change(field, old.get(field), value))
+    return "; ".join(parts) or "no change"
+
+
+def _variant_changes(old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]]) -> builtins.list[str]:
+    before = {v["name"]: v for v in old}
+    after = {v["name"]: v for v in new}
+    common = [name for name in after if name in before]
+    parts = []
+    weights = [
+        f"{name} {_show(before[name]['weight'])}->{_show(after[name]['weight'])}"
+        for name in common
+        if before[name]["weight"] != after[name]["weight"]
+    ]
+    if weights:
+        parts.append("weights " + ", ".join(weights))
+    for name in common:
+        parts += [
+            _field_change(f"variant {name} {field}", before[name].get(field), value)
+            for field, value in after[name].items()
+            if field not in ("name", "weight") and before[name].get(field) != value
+        ]
+    parts += [f"variant {name} added (weight {_show(after[name]['weight'])})" for name in after if name not in before]
+    parts += [f"variant {name} removed" for name in before if name not in after]
+    # Order decides the bucket ranges, so a reordering moves units even when nothing else changed.
+    if [n for n in before if n in after] != common:
+        parts.append("variants reordered")
+    return parts
+
+
+def _field_change(label: str, old: Any, new: Any) -> str:
+    shown_old, shown_new = _show(old), _show(new)
+    if len(shown_old) > _SHOW_MAX or len(shown_new) > _SHOW_MAX:
+        return f"{label} changed"
+    return f"{label} {shown_old}->{shown_new}"
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, str | int | float):
+        return str(value)
+    return _dumps(value)
+
+
+def _joined(head: str, tail: str) -> str:
+    return head if tail == "no change" else f"{head}; {tail}"
+
+
+def _same_config(a: Experiment, b: Experiment) -> bool:
+    return a.model_dump(mode="json") == b.model_dump(mode="json")
+
+
+def _check_version(name: str, expected: int, current: int) -> None:
+    if expected != current:
+        raise VersionConflict(
+            f"experiment {name!r} is at version {current}, not the expected version {expected}",
+            details=[{"experiment": name, "expected_version": expected, "current_version": current}],
+        )
+
+
+def _unknown(name: str, stored: StoredExperiment | None) -> UnknownExperiment:
+    if stored is not None and stored.archived:
+        return UnknownExperiment(
+            f"experiment {name!r} is archived (version {stored.version})",
+            details=[{"experiment": name, "archived": True}],
+        )
+    return UnknownExperiment(f"no experiment named {name!r}", details=[{"experiment": name}])
+
+
+def _from_hash(row: Mapping[bytes | str, bytes | str]) -> StoredExperiment:
+    fields = {_text(k): _text(v) for k, v in row.items()}
+    return StoredExperiment(
+        experiment=Experiment.model_validate_json(fields["config"]),
+        version=int(fields["version"]),
+        updated_at=fields["updated_at"],
+        updated_by=fields["updated_by"],
+        archived=fields.get("archived") == "1",
+        change=fields.get("change", ""),
+    )
+
+
+def _from_history_entry(raw: bytes | str) -> StoredExperiment:
+    entry = json.loads(raw)
+    return StoredExperiment(
+        experiment=Experiment.model_validate(entry["config"]),
+        version=int(entry["version"]),
+        updated_at=entry["updated_at"],
+        updated_by=entry["updated_by"],
+        archived=bool(entry.get("archived", False)),
+        change=entry.get("change", ""),
+    )
+
+
+def _text(value: bytes | str | None) -> str:
+    """Works with clients made with and without `decode_responses`."""
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+@contextlib.contextmanager
+def _translate_errors() -> Iterator[None]:
+    """The one place redis exceptions become `StoreUnavailable`: nothing above this module sees redis."""
+    try:
+        yield
+    except redis.exceptions.RedisError as exc:
+        raise StoreUnavailable(f"the config store in Redis failed: {type(exc).__name__}: {exc}") from exc

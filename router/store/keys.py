@@ -1,0 +1,61 @@
+"""Every Redis key abrouter uses, on one screen.
+
+Each per-experiment key carries the experiment name in a hash tag (``{name}``), so all of an
+experiment's keys live in one Redis Cluster slot and a Lua script or MULTI can touch them
+together. Keys shared by all experiments get their own slot; nothing writes them in the same
+script as a per-experiment key. With the default prefix ``abr:``:
+
+=============================  ===========  ====================================================
+key                            type         holds
+=============================  ===========  ====================================================
+``abr:{NAME}:config``          hash         the version in force: ``config`` (JSON), ``version``,
+                                            ``updated_at``, ``updated_by``, ``archived`` (0/1),
+                                            ``change``
+``abr:{NAME}:history``         list         one JSON entry per version, oldest first
+``abr:experiments``            set          every experiment name ever created (archived too)
+``abr:config-changes``         pub/sub      ``{"name", "version", "archived"}`` after each change
+``abr:{NAME}:events``          stream       (planned) exposures and outcomes, approximately trimmed
+``abr:{NAME}:stats:VARIANT``   hash         (planned) per-variant sufficient statistics
+``abr:{NAME}:sticky``          hash         (planned) unit id -> first assigned variant
+=============================  ===========  ====================================================
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+DEFAULT_PREFIX: Final = "abr:"
+
+
+class Keys:
+    """Builds every key from one prefix (`ABROUTER_REDIS_PREFIX`), so several gateways can share a Redis."""
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+        # A brace in the prefix would become the hash tag and put every experiment in one slot.
+        if "{" in prefix or "}" in prefix:
+            raise ValueError(f"a Redis key prefix cannot contain '{{' or '}}', got {prefix!r}")
+        self.prefix = prefix
+
+    def _experiment(self, name: str, suffix: str) -> str:
+        return f"{self.prefix}{{{name}}}:{suffix}"
+
+    def config(self, name: str) -> str:
+        """The hash holding the version of `name` in force."""
+        return self._experiment(name, "config")
+
+    def history(self, name: str) -> str:
+        """The list of every version of `name`, oldest first."""
+        return self._experiment(name, "history")
+
+    def index(self) -> str:
+        """The set of experiment names, so listing needs no SCAN."""
+        return f"{self.prefix}experiments"
+
+    def config_channel(self) -> str:
+        """The pub/sub channel that tells every replica a config changed."""
+        return f"{self.prefix}config-changes"
+
+    def __repr__(self) -> str:
+        return f"Keys(prefix={self.prefix!r})"
