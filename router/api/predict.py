@@ -42,7 +42,7 @@ async def predict(request: Request) -> Response:
         forwarded.append(("x-request-id", request_id))
         call = PredictCall(body=await request.body(), headers=forwarded, request_id=request_id)
         unit = unit_id_of(active.experiment.unit, headers=request.headers, query=request.query_params, call=call)
-        assignment = assign(active.experiment, unit, override=request.headers.get("x-variant"))
+        assignment = assign(active.experiment, unit, override=request.headers.get("x-variant") or None)
         headers["X-Variant"], headers["X-Assignment"] = assignment.variant, assignment.reason
         answer, served = await call_with_fallback(active, assignment, call)
     except RouterError as exc:

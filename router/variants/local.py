@@ -15,11 +15,13 @@ import anyio.to_thread
 import joblib
 import numpy as np
 import numpy.typing as npt
+import orjson
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
 from router.errors import InvalidPayload, ModelLoadError, PredictionError
+from router.variants.base import PredictCall, VariantResponse
 
 #: rows per call; bounds the memory and the time one caller can take from a worker thread
 MAX_INSTANCES: Final = 10_000
@@ -160,3 +162,15 @@ class LocalModel:
         if len(predictions) != len(rows) or (probabilities is not None and len(probabilities) != len(rows)):
             raise PredictionError(f"model {self.path} answered {len(predictions)} predictions for {len(rows)} rows")
         return predictions, probabilities
+
+
+class LocalVariant:
+    """Runs an in-process scikit-learn model on `{"instances": [...]}` bodies."""
+
+    def __init__(self, name: str, *, model: LocalModel) -> None:
+        self.name = name
+        self.model = model
+
+    async def predict(self, call: PredictCall) -> VariantResponse:
+        answer = await self.model.predict(call.json())
+        return VariantResponse(status=200, body=orjson.dumps(answer), content_type="application/json")

@@ -5,25 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import anyio.to_thread
-import orjson
 
 from router.config.schema import Experiment
 from router.proxy import UpstreamClient
-from router.variants.base import PredictCall, VariantBackend, VariantResponse
-from router.variants.local import LocalModel
+from router.variants.base import VariantBackend
+from router.variants.local import LocalModel, LocalVariant
 from router.variants.remote import RemoteVariant
-
-
-class LocalVariant:
-    """Runs an in-process scikit-learn model on `{"instances": [...]}` bodies."""
-
-    def __init__(self, name: str, *, model: LocalModel) -> None:
-        self.name = name
-        self.model = model
-
-    async def predict(self, call: PredictCall) -> VariantResponse:
-        answer = await self.model.predict(call.json())
-        return VariantResponse(status=200, body=orjson.dumps(answer), content_type="application/json")
 
 
 class ModelCache:
