@@ -76,7 +76,8 @@ class RedisServer:
         start_timeout_s: float = 10.0,
         stop_timeout_s: float = 10.0,
     ) -> None:
-        self.data_dir = Path(data_dir)
+        # absolute: redis-server runs with data_dir as its working directory
+        self.data_dir = Path(data_dir).absolute()
         self._port = port
         self._executable = executable
         self._start_timeout_s = start_timeout_s

@@ -85,6 +85,7 @@ def gateway(redis_url: str) -> Iterator[GatewayFactory]:
         *,
         upstream: Starlette | Literal["network"] | None = None,
         settings: Mapping[str, Any] | None = None,
+        redis_url: str = redis_url,
     ) -> TestClient:
         store_experiments(redis_url, experiments)
         # "network": real connections (to reach dead ports); otherwise an in-process ASGI upstream
