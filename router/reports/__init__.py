@@ -1,0 +1,1 @@
+"""Experiment reports: statistics over sufficient statistics, the report document and its renderings."""
