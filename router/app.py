@@ -6,18 +6,24 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import httpx
+from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from router.api.admin import ROUTES as ADMIN_ROUTES
+from router.api.auth import Authenticator
 from router.api.errors import EXCEPTION_HANDLERS
 from router.api.health import healthz, readyz
+from router.api.metrics import metrics
 from router.api.middleware import BodyLimitMiddleware
 from router.api.openapi import openapi_document
+from router.api.outcomes import outcomes
 from router.api.predict import predict
 from router.api.responses import JSONResponse
+from router.metrics import Metrics, multiprocess_dir, worker_lifetime
 from router.services import open_services
 from router.settings import Settings
 
@@ -26,27 +32,41 @@ async def openapi(request: Request) -> Response:
     return JSONResponse(request.app.state.openapi)
 
 
-def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> Starlette:
-    """The gateway as an ASGI app; `transport` lets tests put an in-process model server behind the proxy."""
+def create_app(
+    settings: Settings,
+    *,
+    registry: CollectorRegistry | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> Starlette:
+    """The gateway as an ASGI app; `transport` lets tests put an in-process model server behind the proxy.
+
+    Metrics go to `registry`, by default one of the app's own, so two apps never share counts.
+    """
+    app_metrics = Metrics(registry if registry is not None else CollectorRegistry())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with open_services(settings, transport=transport) as services:
-            app.state.services = services
-            yield
+        with worker_lifetime(multiprocess_dir()):
+            async with open_services(settings, transport=transport, metrics=app_metrics) as services:
+                app.state.services = services
+                yield
 
     app = Starlette(
         routes=[
             Route("/v1/experiments/{name}/predict", predict, methods=["POST"]),
+            Route("/v1/experiments/{name}/outcomes", outcomes, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+            *ADMIN_ROUTES,  # every one behind @admin_only
         ],
         middleware=[Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
     app.state.openapi = openapi_document()
+    app.state.authenticator = Authenticator.from_settings(settings)
     return app
 
 

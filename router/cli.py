@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Sequence
@@ -13,8 +14,9 @@ from pathlib import Path
 from types import FrameType
 
 from rich.console import Console
+from rich.markup import escape
 
-from router import __version__
+from router import __version__, cli_admin
 from router.config.loader import config_files, load_file, load_files
 from router.config.schema import Experiment
 from router.errors import InvalidConfig, RouterError
@@ -49,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser("validate", help="check config files; print `ok` or every problem")
     validate.add_argument("files", nargs="+", metavar="FILE", help="config files or directories")
+
+    cli_admin.add_commands(commands)  # apply, list, get, set-weights, promote, rollback, history
     return parser
 
 
@@ -63,10 +67,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve(args)
         if args.command == "validate":
             return validate(args.files)
+        if getattr(args, "handler", None) is not None:
+            return cli_admin.run(args)
     except RouterError as exc:
-        err.print(f"[red]error:[/] {exc.message}")
+        # escaped: messages quote user values, and rich would take `[a, b]` for markup
+        err.print(f"[red]error:[/] {escape(exc.message)}")
         for detail in exc.details:
-            err.print(f"  {detail}")
+            err.print(f"  {escape(str(detail))}")
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_FAILURE
@@ -109,6 +116,7 @@ def serve(args: argparse.Namespace) -> int:
     """Start the embedded Redis if needed, apply example configs, check local models, run uvicorn."""
     import uvicorn
 
+    from router.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
     from router.store.embedded import RedisServer
 
     settings = _serve_settings(args)
@@ -121,7 +129,14 @@ def serve(args: argparse.Namespace) -> int:
             err.print(f"embedded Redis at {redis_server.url} (data in {settings.data_dir / 'redis'})")
             settings = settings.model_copy(update={"redis_url": redis_server.url})
         asyncio.run(_prepare(settings, experiments))
+        settings = _with_admin_token(settings)  # here, before the workers start, so they all share it
         os.environ.update(settings.to_environment())
+        if settings.workers > 1:
+            # Workers count in files of their own there and /metrics adds them up; the variable must
+            # be set before they start. One worker counts in memory: exact, cheaper, no files.
+            metrics_dir = prepare_multiprocess_dir(settings.data_dir)
+            cleanup.callback(shutil.rmtree, metrics_dir, ignore_errors=True)
+            os.environ[MULTIPROC_ENV] = str(metrics_dir)
         # uvicorn drains in-flight calls on SIGTERM/SIGINT, then re-raises the signal; turning it
         # into an exception here lets the cleanup (stopping the embedded Redis cleanly) run.
         signal.signal(signal.SIGTERM, _stop_requested)
@@ -140,6 +155,25 @@ def serve(args: argparse.Namespace) -> int:
                 server_header=False,
             )
     return EXIT_OK
+
+
+def _with_admin_token(settings: Settings) -> Settings:
+    """The settings with an admin token: the configured ones, else the token file's (made and printed once)."""
+    from router.api.auth import parse_credentials, provision_admin_token, token_file
+
+    try:
+        configured = parse_credentials(settings.admin_token, settings.admin_tokens)
+    except ValueError as exc:
+        raise RouterError(str(exc)) from None
+    if configured:
+        return settings
+    token, created = provision_admin_token(settings.data_dir)
+    path = token_file(settings.data_dir)
+    if created:
+        err.print(f"admin token (shown once; saved to {path}, mode 0600): {token}", markup=False)
+    else:
+        err.print(f"admin token: the one saved in {path}", markup=False)
+    return settings.model_copy(update={"admin_token": token})
 
 
 class StopRequested(Exception):

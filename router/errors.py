@@ -6,12 +6,13 @@ handler as ``{"error": {"code", "message", "details"}}`` and the class's HTTP st
 
     RouterError
       ConfigError        InvalidConfig (422) · UnknownExperiment (404) · VersionConflict (412)
-                         PreconditionRequired (428)
+                         PreconditionRequired (428) · UnknownVersion (422)
       RequestError       MissingUnit (400) · InvalidPayload (422) · PayloadTooLarge (413)
       AuthError          Unauthorized (401)
       UpstreamError      UpstreamTimeout (504) · UpstreamUnavailable (502)
       VariantError       ModelLoadError (500, start-up only) · PredictionError (500)
       StoreUnavailable   (503; never reaches a prediction caller: the event path buffers instead)
+      GatewayError       GatewayUnreachable (the CLI's side: a gateway answered with an error, or not at all)
 """
 
 from __future__ import annotations
@@ -63,8 +64,17 @@ class VersionConflict(ConfigError):
 
 
 class PreconditionRequired(ConfigError):
+    """A replace was sent without `If-Match`, so it could silently overwrite someone else's edit."""
+
     status_code = 428
     code = "precondition_required"
+
+
+class UnknownVersion(ConfigError):
+    """A rollback named a version the experiment never had."""
+
+    status_code = 422
+    code = "unknown_version"
 
 
 class RequestError(RouterError):
@@ -139,3 +149,22 @@ class PredictionError(VariantError):
 class StoreUnavailable(RouterError):
     status_code = 503
     code = "store_unavailable"
+
+
+class GatewayError(RouterError):
+    """The CLI's view of a failed admin call: the gateway's error code and message, and its HTTP status."""
+
+    code = "gateway_error"
+
+    def __init__(
+        self, message: str, *, status: int | None = None, remote_code: str | None = None, details: Sequence[Any] = ()
+    ) -> None:
+        super().__init__(message, details=details)
+        self.status = status
+        self.remote_code = remote_code
+
+
+class GatewayUnreachable(GatewayError):
+    """No answer from the gateway: refused, reset or timed out."""
+
+    code = "gateway_unreachable"

@@ -1,13 +1,11 @@
 """The experiments in force in this process: an in-memory copy of the store, kept fresh.
 
 Requests read only this copy, so assignment never waits for Redis, and a replica that loses
-Redis keeps serving the last config it had. A periodic version check picks up changes made
-through any replica.
+Redis keeps serving the last config it had. `router.config_sync` keeps it fresh.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -15,6 +13,7 @@ from dataclasses import dataclass
 
 from router.config.schema import Experiment
 from router.errors import ModelLoadError, StoreUnavailable, UnknownExperiment
+from router.metrics import Metrics, StoreOperation
 from router.proxy import UpstreamClient
 from router.store.configs import ConfigStore, StoredExperiment
 from router.variants.base import VariantBackend
@@ -42,8 +41,11 @@ class ActiveExperiment:
 class LiveConfig:
     """Holds the active experiments and refreshes them from the `ConfigStore`."""
 
-    def __init__(self, store: ConfigStore, *, client: UpstreamClient, models: ModelCache) -> None:
+    def __init__(
+        self, store: ConfigStore, *, client: UpstreamClient, models: ModelCache, metrics: Metrics | None = None
+    ) -> None:
         self._store = store
+        self._metrics = metrics
         self._client = client
         self._models = models
         self._active: dict[str, ActiveExperiment] = {}
@@ -75,18 +77,37 @@ class LiveConfig:
             versions = await self._store.versions()
             changed = [name for name, version in versions.items() if self._version_of(name) != version]
             loaded = [await self._store.get(name) for name in changed]
-        except (StoreUnavailable, UnknownExperiment) as exc:
-            # UnknownExperiment: archived between the two reads; the next refresh settles it
-            self.store_error = exc.message
+        except StoreUnavailable as exc:
+            self.lost_store(exc.message)
             raise
         for stored in loaded:
             await self._activate(stored, strict=strict)
         for name in set(self._active) - set(versions):
             log.info("experiment %s is archived or deleted: no longer served", name)
             del self._active[name]
-        self.store_error = None
+            if self._metrics is not None:
+                self._metrics.experiment_retired(name)
+        if self.store_error is not None:
+            log.info("config store reachable again; config in force checked")
+            self.store_error = None
+        if self._metrics is not None:
+            self._metrics.set_config_stale(False)
         self.loaded = True
         self.last_refresh = time.monotonic()
+
+    @property
+    def stale(self) -> bool:
+        """Whether the last check against Redis failed, so the config in force may be out of date."""
+        return self.store_error is not None
+
+    def lost_store(self, message: str) -> None:
+        """Redis cannot be reached: keep serving what is loaded, and say so (readyz, abrouter_config_stale)."""
+        if self.store_error is None:
+            log.warning("config store unreachable, serving the last config loaded: %s", message)
+        self.store_error = message
+        if self._metrics is not None:
+            self._metrics.set_config_stale(True)
+            self._metrics.store_error(StoreOperation.CONFIG)
 
     def _version_of(self, name: str) -> int | None:
         active = self._active.get(name)
@@ -105,13 +126,6 @@ class LiveConfig:
         self.rejected.pop(name, None)
         previous = self._version_of(name)
         self._active[name] = ActiveExperiment(stored=stored, backends=backends)
+        if self._metrics is not None:
+            self._metrics.config_in_force(stored.experiment, stored.version)
         log.info("experiment %s: version %s -> %d in force", name, previous, stored.version)
-
-    async def run(self, interval_s: float) -> None:
-        """Refresh forever (cancel to stop); a failed refresh keeps the last config in force."""
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                await self.refresh()
-            except (StoreUnavailable, UnknownExperiment) as exc:
-                log.warning("config refresh failed, serving the last config: %s", exc.message)

@@ -10,13 +10,21 @@ from dataclasses import dataclass
 import httpx
 import redis.asyncio as redis
 import redis.exceptions as redis_errors
+from prometheus_client import CollectorRegistry
+from redis.asyncio.cluster import RedisCluster
 
+from router.config_sync import ConfigSync
 from router.errors import StoreUnavailable
 from router.live_config import LiveConfig
-from router.proxy import UpstreamClient
+from router.metrics import Metrics
+from router.proxy import UpstreamClient, open_upstream_client
 from router.settings import Settings
+from router.store.client import RedisClient
 from router.store.configs import ConfigStore
+from router.store.events import EventWriter
 from router.store.keys import Keys
+from router.store.stats import StatsStore
+from router.store.sticky import StickyStore
 from router.variants.registry import ModelCache
 
 
@@ -25,11 +33,15 @@ class Services:
     """The long-lived resources of one gateway process, shared by every request."""
 
     settings: Settings
-    redis: redis.Redis
+    redis: RedisClient
     store: ConfigStore
     live: LiveConfig
     upstream: UpstreamClient
     models: ModelCache
+    metrics: Metrics
+    stats: StatsStore
+    events: EventWriter
+    sticky: StickyStore
 
     async def redis_problem(self) -> str | None:
         """None when Redis answers a PING in time, else what went wrong (for /readyz)."""
@@ -41,10 +53,19 @@ class Services:
         return None
 
 
-def connect_redis(settings: Settings) -> redis.Redis:
-    """A client whose every command gives up after `redis_timeout_s`, so a hung Redis cannot hang us."""
+def connect_redis(settings: Settings) -> RedisClient:
+    """A client whose every command gives up after `redis_timeout_s`, so a hung Redis cannot hang us.
+
+    With `redis_cluster` the URL names any node of a Redis Cluster; the client finds the others.
+    """
     if settings.redis_url is None:
         raise StoreUnavailable("no Redis URL: `abrouter serve` starts the embedded one, or set ABROUTER_REDIS_URL")
+    if settings.redis_cluster:
+        return RedisCluster.from_url(
+            settings.redis_url,
+            socket_timeout=settings.redis_timeout_s,
+            socket_connect_timeout=settings.redis_timeout_s,
+        )
     return redis.Redis.from_url(
         settings.redis_url,
         socket_timeout=settings.redis_timeout_s,
@@ -55,29 +76,68 @@ def connect_redis(settings: Settings) -> redis.Redis:
 
 @contextlib.asynccontextmanager
 async def open_services(
-    settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
+    settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None, metrics: Metrics | None = None
 ) -> AsyncIterator[Services]:
     """Connect, load the config in force and its models, and keep it fresh until the block exits.
 
     A model that fails to load stops start-up (`ModelLoadError`); a Redis that does not answer
-    does not: the process starts unready and keeps trying.
+    does not: the process starts unready and keeps trying. Without `metrics`, they go to a
+    registry of their own.
     """
+    metrics = metrics if metrics is not None else Metrics(CollectorRegistry())
     client = connect_redis(settings)
-    upstream = UpstreamClient(
+    upstream = open_upstream_client(
+        settings.upstream_client,
         transport=transport,
         max_connections=settings.upstream_max_connections,
         keepalive_s=settings.upstream_keepalive_s,
     )
-    store = ConfigStore(client, keys=Keys(settings.redis_prefix))
+    keys = Keys(settings.redis_prefix)
+    store = ConfigStore(client, keys=keys)
     models = ModelCache()
-    live = LiveConfig(store, client=upstream, models=models)
+    live = LiveConfig(store, client=upstream, models=models, metrics=metrics)
+    stats = StatsStore(client, keys=keys, stream_maxlen=settings.events_stream_maxlen)
+    sticky = StickyStore(
+        client,
+        keys=keys,
+        timeout_s=settings.sticky_timeout_s,
+        cache_size=settings.sticky_cache_size,
+        observer=metrics,
+    )
+    events = EventWriter(
+        stats,
+        spill_dir=settings.spill_dir,
+        buffer_size=settings.events_buffer_size,
+        batch_size=settings.events_batch_size,
+        flush_interval_s=settings.events_flush_interval_s,
+        spill_max_bytes=settings.events_spill_max_bytes,
+        write_timeout_s=settings.events_write_timeout_s,
+        shutdown_timeout_s=settings.events_shutdown_timeout_s,
+        on_first_variant=sticky.remember,
+        observer=metrics,
+    )
     refresher: asyncio.Task[None] | None = None
     try:
         with contextlib.suppress(StoreUnavailable):
             await live.refresh(strict=True)
-        refresher = asyncio.create_task(live.run(settings.config_refresh_s), name="config-refresh")
-        yield Services(settings=settings, redis=client, store=store, live=live, upstream=upstream, models=models)
+        sync = ConfigSync(live, store, interval_s=settings.config_refresh_s)
+        refresher = asyncio.create_task(sync.run(), name="config-sync")
+        await events.start()
+        yield Services(
+            settings=settings,
+            redis=client,
+            store=store,
+            live=live,
+            upstream=upstream,
+            models=models,
+            metrics=metrics,
+            stats=stats,
+            events=events,
+            sticky=sticky,
+        )
     finally:
+        # Before the client closes: shutdown (SIGTERM) writes or spills every pending event.
+        await events.close()
         if refresher is not None:
             refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -13,6 +13,9 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+#: the libraries behind `router.proxy.UpstreamClient`
+UpstreamClientKind = Literal["httpx", "httpx2", "aiohttp"]
+
 
 class Settings(BaseSettings):
     """Everything a gateway process needs to start; one instance per process."""
@@ -31,13 +34,38 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".abrouter")
     config_paths: list[Path] = Field(default_factory=list, description="files or directories applied at start-up")
 
+    # Bearer tokens of the control plane; repr=False keeps them out of logs and tracebacks.
+    admin_token: str | None = Field(default=None, repr=False, description="token of the actor `admin`")
+    admin_tokens: str | None = Field(default=None, repr=False, description="`name:token,...`: one token per actor")
+
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     config_refresh_s: float = Field(default=1.0, gt=0, description="how often the stored config versions are checked")
 
+    upstream_client: UpstreamClientKind = Field(
+        default="aiohttp", description="HTTP client library of remote variants (docs/performance.md compares them)"
+    )
     upstream_max_connections: int = Field(default=512, gt=0)
     upstream_keepalive_s: float = Field(default=30.0, gt=0)
 
     shutdown_grace_s: float = Field(default=10.0, ge=0, description="in-flight calls get this long on SIGTERM")
+
+    events_buffer_size: int = Field(default=100_000, gt=0, description="events kept in memory before spilling")
+    events_batch_size: int = Field(default=500, gt=0, le=10_000, description="events per script call to Redis")
+    events_flush_interval_s: float = Field(default=0.1, gt=0, description="longest wait before a short batch is sent")
+    events_stream_maxlen: int = Field(default=1_000_000, gt=0, description="approximate length of each event stream")
+    events_spill_dir: Path | None = Field(default=None, description="spill files; default DATA_DIR/spill")
+    events_spill_max_bytes: int = Field(default=1 << 30, gt=0, description="size at which a spill file stops growing")
+    events_write_timeout_s: float = Field(default=2.0, gt=0, description="deadline of one batch write")
+    events_shutdown_timeout_s: float = Field(
+        default=5.0, ge=0, description="how long shutdown tries Redis before spilling the queue"
+    )
+    sticky_cache_size: int = Field(default=100_000, ge=0, description="units' first variants cached per process")
+    sticky_timeout_s: float = Field(default=0.05, gt=0, description="deadline of a sticky lookup on the request path")
+
+    @property
+    def spill_dir(self) -> Path:
+        """Where event spill files live: one per process, replayed by the next process to start."""
+        return self.events_spill_dir if self.events_spill_dir is not None else self.data_dir / "spill"
 
     def to_environment(self) -> dict[str, str]:
         """These settings as ABROUTER_* variables, so worker processes started by uvicorn read the same."""

@@ -25,10 +25,13 @@ async def readyz(request: Request) -> Response:
         reasons.append(redis_problem)
         if services.live.loaded:
             reasons.append("serving the last config loaded")
+    if services.live.stale:
+        reasons.append(f"config may be stale: the last check against Redis failed: {services.live.store_error}")
     reasons += [f"experiment {name}: newest {why}" for name, why in sorted(services.live.rejected.items())]
     body = {
         "status": "ready" if not reasons else "not_ready",
         "reasons": reasons,
+        "config_stale": services.live.stale,
         "experiments": {name: services.live.get(name).version for name in services.live.names()},
     }
     # a rejected new version is worth reporting but the replica still serves the previous one

@@ -9,6 +9,9 @@ from __future__ import annotations
 from typing import Any, Final
 
 from router import __version__
+from router.api.outcomes import MAX_OUTCOMES
+from router.api.outcomes import request_schema as outcomes_request_schema
+from router.config.edits import ConfigPatch, Promotion, Rollback
 from router.config.schema import Experiment
 
 _ERROR_SCHEMA: Final = {
@@ -49,6 +52,184 @@ _ASSIGNMENT_HEADERS: Final = {
     }.items()
 }
 
+# --- the control plane (router.api.admin): every operation needs an admin bearer token ---------------------------
+
+_ADMIN: Final[dict[str, Any]] = {"security": [{"bearerAuth": []}]}
+_IF_MATCH: Final = {
+    "name": "If-Match",
+    "in": "header",
+    "required": False,
+    "description": 'the version the change was computed from, as the ETag gives it (`"7"`); 412 when stale',
+    "schema": {"type": "string"},
+}
+
+
+def _ref(schema: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{schema}"}
+
+
+def _json_body(schema: str, *, required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+def _stored(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "headers": {"ETag": {"description": 'the version, quoted: `"7"`', "schema": {"type": "string"}}},
+        "content": {"application/json": {"schema": _ref("StoredExperiment")}},
+    }
+
+
+_STORED_EXPERIMENT: Final = {
+    "type": "object",
+    "description": "One version of an experiment",
+    "properties": {
+        "name": {"type": "string"},
+        "version": {"type": "integer"},
+        "updated_at": {"type": "string", "format": "date-time"},
+        "updated_by": {"type": "string", "description": "the actor of the token that made this version"},
+        "change": {"type": "string", "description": "what changed from the previous version, readably"},
+        "archived": {"type": "boolean"},
+        "config": _ref("Experiment"),
+    },
+    "required": ["name", "version", "updated_at", "updated_by", "change", "archived", "config"],
+}
+_PREVIEW: Final = {
+    "type": "object",
+    "properties": {
+        "experiment": {"type": "string"},
+        "version": {"type": "integer", "description": "the version the preview was computed from"},
+        "moves": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "from": {"type": "string"},
+                    "to": {"type": "string"},
+                    "share": {"type": "number", "description": "share of all units, 0..1"},
+                },
+                "required": ["from", "to", "share"],
+            },
+        },
+        "moved": {"type": "number", "description": "sum of the shares"},
+        "config": _ref("Experiment"),
+    },
+    "required": ["experiment", "version", "moves", "moved", "config"],
+}
+
+ADMIN_OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
+    ("/v1/experiments", "get"): {
+        "summary": "List the experiments that are not archived, by name",
+        **_ADMIN,
+        "responses": {
+            "200": {
+                "description": "every experiment in force",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"experiments": {"type": "array", "items": _ref("StoredExperiment")}},
+                        }
+                    }
+                },
+            },
+            **_errors(401, 503),
+        },
+    },
+    ("/v1/experiments/{name}", "get"): {
+        "summary": "An experiment's config, version, time and actor of its last change",
+        **_ADMIN,
+        "parameters": [_NAME_PARAM],
+        "responses": {"200": _stored("the version in force"), **_errors(401, 404, 503)},
+    },
+    ("/v1/experiments/{name}", "put"): {
+        "summary": "Create an experiment (201) or replace its whole config (200, If-Match required)",
+        "description": (
+            "The body is an experiment as in a config file; `name` may be left out and must otherwise be the "
+            "URL's. Replacing without `If-Match` is refused with 428, so no edit is lost; an identical config "
+            "changes nothing. Archived experiments are created again with their version numbers continued."
+        ),
+        **_ADMIN,
+        "parameters": [_NAME_PARAM, _IF_MATCH],
+        "requestBody": _json_body("Experiment"),
+        "responses": {
+            "200": _stored("replaced"),
+            "201": _stored("created"),
+            **_errors(401, 404, 412, 413, 422, 428, 503),
+        },
+    },
+    ("/v1/experiments/{name}", "patch"): {
+        "summary": "Change weights, status, winner, coverage, shadow or forced units",
+        "description": (
+            "Only the fields sent change; `weights` names the variants whose weight changes, `force` replaces the "
+            "whole map, null clears `winner` or `shadow`. With `If-Match` a concurrent change gives 412; without, "
+            "the patch applies to whatever version is current."
+        ),
+        **_ADMIN,
+        "parameters": [_NAME_PARAM, _IF_MATCH],
+        "requestBody": _json_body("ConfigPatch"),
+        "responses": {"200": _stored("the new version"), **_errors(401, 404, 412, 413, 422, 503)},
+    },
+    ("/v1/experiments/{name}", "delete"): {
+        "summary": "Archive an experiment: no longer served, its history and data kept",
+        **_ADMIN,
+        "parameters": [_NAME_PARAM, _IF_MATCH],
+        "responses": {"200": _stored("the archived version"), **_errors(401, 404, 412, 503)},
+    },
+    ("/v1/experiments/{name}/preview", "post"): {
+        "summary": "Which share of units a PATCH body would move from which variant to which; nothing changes",
+        "description": (
+            "Computed from the bucket ranges of the config in force and of the patched one: a move's share is "
+            "the overlap of the old range of `from` with the new range of `to`, scaled by the namespace's width. "
+            "Forced units are not counted."
+        ),
+        **_ADMIN,
+        "parameters": [_NAME_PARAM],
+        "requestBody": _json_body("ConfigPatch"),
+        "responses": {
+            "200": {"description": "the moves", "content": {"application/json": {"schema": _ref("Preview")}}},
+            **_errors(401, 404, 413, 422, 503),
+        },
+    },
+    ("/v1/experiments/{name}/promote", "post"): {
+        "summary": "Conclude the experiment with all traffic to one variant",
+        **_ADMIN,
+        "parameters": [_NAME_PARAM, _IF_MATCH],
+        "requestBody": _json_body("Promotion"),
+        "responses": {"200": _stored("the concluded version"), **_errors(401, 404, 412, 413, 422, 503)},
+    },
+    ("/v1/experiments/{name}/rollback", "post"): {
+        "summary": "Write an earlier version's config (default: the previous version) as a new version",
+        "description": "A no-op when that config is the one in force. The body may be empty.",
+        **_ADMIN,
+        "parameters": [_NAME_PARAM, _IF_MATCH],
+        "requestBody": _json_body("Rollback", required=False),
+        "responses": {"200": _stored("the restored config as a new version"), **_errors(401, 404, 412, 422, 503)},
+    },
+    ("/v1/experiments/{name}/history", "get"): {
+        "summary": "Every version, oldest first, with its time, actor and what changed",
+        **_ADMIN,
+        "parameters": [_NAME_PARAM],
+        "responses": {
+            "200": {
+                "description": "the history, archived versions included",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "experiment": {"type": "string"},
+                                "versions": {"type": "array", "items": _ref("StoredExperiment")},
+                            },
+                        }
+                    }
+                },
+            },
+            **_errors(401, 404, 503),
+        },
+    },
+}
+
 OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
     ("/v1/experiments/{name}/predict", "post"): {
         "summary": "Serve a prediction call with the variant assigned to the caller's unit",
@@ -64,12 +245,53 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
             **_errors(400, 404, 413, 422, 502, 503, 504),
         },
     },
+    ("/v1/experiments/{name}/outcomes", "post"): {
+        "summary": "Report metric values for units, attributed to the variant of each unit's first exposure",
+        "description": (
+            f'One outcome `{{"unit", "metric", "value"}}` or `{{"outcomes": [...]}}` with up to {MAX_OUTCOMES}. '
+            "The metric must be declared by the experiment and the value a finite number. `unattributed` counts "
+            "outcomes of units never exposed; when Redis cannot be asked in time, `unverified` counts those whose "
+            "attribution is decided when they are written. See docs/events.md."
+        ),
+        "parameters": [_NAME_PARAM],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": outcomes_request_schema()}}},
+        "responses": {
+            "202": {
+                "description": "queued for Redis",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "accepted": {"type": "integer"},
+                                "unattributed": {"type": "integer"},
+                                "unverified": {"type": "integer", "description": "only while Redis is unreachable"},
+                            },
+                            "required": ["accepted", "unattributed"],
+                        }
+                    }
+                },
+            },
+            **_errors(404, 413, 422, 503),
+        },
+    },
     ("/healthz", "get"): {"summary": "Liveness", "responses": {"200": {"description": "alive"}}},
     ("/readyz", "get"): {
         "summary": "Readiness: config loaded and Redis answering",
         "responses": {"200": {"description": "ready"}, "503": {"description": "not ready, with reasons"}},
     },
     ("/openapi.json", "get"): {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}},
+    ("/metrics", "get"): {
+        "summary": "Prometheus metrics (SPEC section 8); with several workers, the sum over all of them",
+        "description": "The Prometheus text format, or OpenMetrics when `Accept` asks for it. See docs/metrics.md.",
+        "responses": {
+            "200": {
+                "description": "every abrouter_* metric",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        },
+    },
+    **ADMIN_OPERATIONS,
 }
 
 
@@ -78,8 +300,12 @@ def openapi_document() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for (path, method), operation in OPERATIONS.items():
         paths.setdefault(path, {})[method] = operation
-    experiment_schema = Experiment.model_json_schema(ref_template="#/components/schemas/{model}")
-    definitions = experiment_schema.pop("$defs", {})
+    schemas: dict[str, Any] = {}
+    definitions: dict[str, Any] = {}
+    for model in (Experiment, ConfigPatch, Promotion, Rollback):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        definitions.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
     return {
         "openapi": "3.1.0",
         "info": {
@@ -88,5 +314,20 @@ def openapi_document() -> dict[str, Any]:
             "description": "A/B-testing and canary router for ML models",
         },
         "paths": paths,
-        "components": {"schemas": {"Error": _ERROR_SCHEMA, "Experiment": experiment_schema, **definitions}},
+        "components": {
+            "schemas": {
+                "Error": _ERROR_SCHEMA,
+                **schemas,
+                "StoredExperiment": _STORED_EXPERIMENT,
+                "Preview": _PREVIEW,
+                **definitions,
+            },
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "ABROUTER_ADMIN_TOKEN, a token of ABROUTER_ADMIN_TOKENS, or .abrouter/admin-token",
+                }
+            },
+        },
     }

@@ -11,16 +11,19 @@ from __future__ import annotations
 import builtins
 import contextlib
 import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
 import redis.asyncio
+import redis.asyncio.client
 import redis.exceptions
+from redis.asyncio.cluster import RedisCluster
 
 from router.config.schema import Experiment
-from router.errors import StoreUnavailable, UnknownExperiment, VersionConflict
+from router.errors import StoreUnavailable, UnknownExperiment, UnknownVersion, VersionConflict
+from router.store.client import RedisClient
 from router.store.keys import Keys
 
 # KEYS: config hash, history list. ARGV: the version the caller saw ("" = absent), the new version,
@@ -64,7 +67,7 @@ def utc_now() -> datetime:
 class ConfigStore:
     """Reads and writes experiment configs with optimistic concurrency (an expected version per write)."""
 
-    def __init__(self, redis: redis.asyncio.Redis, *, keys: Keys, clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(self, redis: RedisClient, *, keys: Keys, clock: Callable[[], datetime] = utc_now) -> None:
         self._redis = redis
         self._keys = keys
         self._clock = clock
@@ -102,10 +105,13 @@ class ConfigStore:
             if version is not None and _text(archived) != "1"
         }
 
-    async def put(self, experiment: Experiment, *, actor: str, expected_version: int | None) -> StoredExperiment:
+    async def put(
+        self, experiment: Experiment, *, actor: str, expected_version: int | None, note: str = ""
+    ) -> StoredExperiment:
         """Create (`expected_version=None`) or replace the version the caller saw; an identical config is a no-op.
 
         Creating an archived experiment again continues its version numbers, so history stays one line.
+        `note` (e.g. "promoted candidate") heads the change summary of the history entry.
         """
         name = experiment.name
         current = await self._read(name)
@@ -126,6 +132,8 @@ class ConfigStore:
             if _same_config(current.experiment, experiment):
                 return current
             change = describe_change(current.experiment, experiment)
+        if note:
+            change = _joined(note, change)
         return await self._write(
             experiment, actor=actor, change=change, seen=current, expected_version=expected_version
         )
@@ -165,6 +173,61 @@ class ConfigStore:
             seen=current,
             expected_version=expected_version,
             archived=True,
+        )
+
+    async def rollback(
+        self, name: str, *, actor: str, to_version: int | None = None, expected_version: int | None = None
+    ) -> StoredExperiment:
+        """Write the config of an earlier version (default: the one before the current) as a new version.
+
+        Like an identical `put`, it is a no-op when that config is the one in force.
+        """
+        current = await self._read(name)
+        if current is None or current.archived:
+            raise _unknown(name, current)
+        if expected_version is not None:
+            _check_version(name, expected_version, current.version)
+        target = await self._version(name, current.version - 1 if to_version is None else to_version, current)
+        if _same_config(current.experiment, target.experiment):
+            return current
+        change = _joined(
+            f"rolled back to version {target.version}", describe_change(current.experiment, target.experiment)
+        )
+        return await self._write(
+            target.experiment, actor=actor, change=change, seen=current, expected_version=expected_version
+        )
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[ChangeFeed]:
+        """Listen to the change notices every write publishes; `StoreUnavailable` when Redis cannot be reached."""
+        pubsub = self._redis.pubsub()
+        try:
+            with _translate_errors():
+                if isinstance(self._redis, RedisCluster):
+                    # its pub/sub picks the channel's node from the slot map, which a fresh client lacks
+                    await self._redis.initialize()
+                await pubsub.subscribe(self._keys.config_channel())
+            yield ChangeFeed(pubsub)
+        finally:
+            # closing a connection to a Redis that is gone can fail too; there is nothing left to do then
+            with contextlib.suppress(redis.exceptions.RedisError, OSError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+
+    async def _version(self, name: str, version: int, current: StoredExperiment) -> StoredExperiment:
+        """Version `version` of `name` from its history (entry i holds version i + 1)."""
+        if 1 <= version <= current.version:
+            with _translate_errors():
+                raw = await self._redis.lindex(self._keys.history(name), version - 1)
+            entry = _from_history_entry(raw) if raw is not None else None
+            if entry is not None and entry.version == version:
+                return entry
+            # a history that does not start at version 1 (e.g. restored from elsewhere): look it up
+            for entry in await self.history(name):
+                if entry.version == version:
+                    return entry
+        raise UnknownVersion(
+            f"experiment {name!r} has no version {version} (its versions are 1 to {current.version})",
+            details=[{"experiment": name, "version": version, "current_version": current.version}],
         )
 
     async def _read(self, name: str) -> StoredExperiment | None:
@@ -234,6 +297,35 @@ class ConfigStore:
             message = {"name": name, "version": stored.version, "archived": archived}
             await self._redis.publish(self._keys.config_channel(), _dumps(message))
         return stored
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeNotice:
+    """What a write announces on the config channel."""
+
+    name: str
+    version: int
+    archived: bool
+
+
+class ChangeFeed:
+    """A subscription to the config channel (see `ConfigStore.subscribe`)."""
+
+    def __init__(self, pubsub: redis.asyncio.client.PubSub) -> None:
+        self._pubsub = pubsub
+
+    async def next(self, timeout_s: float) -> ChangeNotice | None:
+        """The next notice, or None when `timeout_s` passes without one (or a message is not a notice)."""
+        with _translate_errors():
+            message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout_s)
+        if message is None or message.get("type") != "message":
+            return None
+        try:
+            data = json.loads(message["data"])
+            return ChangeNotice(name=str(data["name"]), version=int(data["version"]), archived=bool(data["archived"]))
+        except (ValueError, TypeError, KeyError):
+            # another program on the channel; the reader reloads on any message, so nothing is lost
+            return None
 
 
 def describe_change(before: Experiment, after: Experiment) -> str:

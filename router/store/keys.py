@@ -14,9 +14,18 @@ key                            type         holds
 ``abr:{NAME}:history``         list         one JSON entry per version, oldest first
 ``abr:experiments``            set          every experiment name ever created (archived too)
 ``abr:config-changes``         pub/sub      ``{"name", "version", "archived"}`` after each change
-``abr:{NAME}:events``          stream       (planned) exposures and outcomes, approximately trimmed
-``abr:{NAME}:stats:VARIANT``   hash         (planned) per-variant sufficient statistics
-``abr:{NAME}:sticky``          hash         (planned) unit id -> first assigned variant
+``abr:{NAME}:events``          stream       exposures and outcomes as written, trimmed to about
+                                            ``ABROUTER_EVENTS_STREAM_MAXLEN`` entries
+``abr:{NAME}:exposed``         hash         unit id -> variant of its first exposure; also the
+                                            sticky record and the attribution of outcomes
+``abr:{NAME}:stats``           hash         sufficient statistics, one field per variant and
+                                            figure (``VARIANT:units``, ``VARIANT:requests``,
+                                            ``VARIANT:errors``, ``VARIANT:latency:BUCKET``,
+                                            ``VARIANT:metric:METRIC:sum|sum_squares|outcomes``,
+                                            ``*:unattributed:METRIC``); see ``store/stats.py``
+``abr:{NAME}:values``          hash         ``METRIC:UNIT`` -> the unit's total so far (binomial: 1)
+``abr:{NAME}:writers``         hash         event writer id -> last event sequence applied, so a
+                                            retried or replayed batch is applied once
 =============================  ===========  ====================================================
 """
 
@@ -52,6 +61,26 @@ class Keys:
     def index(self) -> str:
         """The set of experiment names, so listing needs no SCAN."""
         return f"{self.prefix}experiments"
+
+    def events(self, name: str) -> str:
+        """The stream of exposure and outcome events of `name`, for audits and re-analysis."""
+        return self._experiment(name, "events")
+
+    def exposed(self, name: str) -> str:
+        """The hash of each exposed unit's first variant: attribution and sticky assignment read it."""
+        return self._experiment(name, "exposed")
+
+    def stats(self, name: str) -> str:
+        """The hash of per-variant sufficient statistics a report reads in one command."""
+        return self._experiment(name, "stats")
+
+    def values(self, name: str) -> str:
+        """The hash of per-unit metric totals, kept so a unit's change updates the sums of squares."""
+        return self._experiment(name, "values")
+
+    def writers(self, name: str) -> str:
+        """The hash of the last event sequence applied per writer: what makes retries idempotent."""
+        return self._experiment(name, "writers")
 
     def config_channel(self) -> str:
         """The pub/sub channel that tells every replica a config changed."""

@@ -76,8 +76,11 @@ GatewayFactory = Callable[..., TestClient]
 
 
 @pytest.fixture
-def gateway(redis_url: str) -> Iterator[GatewayFactory]:
-    """Start the gateway in-process with the given experiments; upstream calls go to `upstream`."""
+def gateway(redis_url: str, tmp_path: Path) -> Iterator[GatewayFactory]:
+    """Start the gateway in-process with the given experiments; upstream calls go to `upstream`.
+
+    Its data dir (spill files) is the test's own, so no test replays another's leftover events.
+    """
     clients: list[TestClient] = []
 
     def start(
@@ -90,7 +93,8 @@ def gateway(redis_url: str) -> Iterator[GatewayFactory]:
         store_experiments(redis_url, experiments)
         # "network": real connections (to reach dead ports); otherwise an in-process ASGI upstream
         transport = None if upstream == "network" else httpx.ASGITransport(app=upstream or echo_upstream())
-        app = create_app(Settings(redis_url=redis_url, **(settings or {})), transport=transport)
+        values = {"data_dir": tmp_path / "gateway", **(settings or {})}
+        app = create_app(Settings(redis_url=redis_url, **values), transport=transport)
         client = TestClient(app, raise_server_exceptions=False)
         client.__enter__()
         clients.append(client)

@@ -1,0 +1,68 @@
+"""Keeping a replica's config current: Redis pub/sub for speed, a periodic version check as the backstop.
+
+Every write publishes a notice (`router.store.configs`); a replica reloads as soon as one arrives,
+so an edit made through any replica is served by all of them within milliseconds. Notices are
+fire-and-forget (one sent while a replica is reconnecting is lost), so the replica also compares
+versions after each (re)subscription and every `interval_s`. A replica that cannot reach Redis
+keeps serving the config it has and says so (`LiveConfig.stale`, /readyz, abrouter_config_stale).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Final
+
+from router.errors import StoreUnavailable, UnknownExperiment
+from router.live_config import LiveConfig
+from router.store.configs import ConfigStore
+
+log = logging.getLogger("abrouter.config")
+
+#: seconds between attempts to resubscribe after Redis was lost (at most; a longer check interval is not waited)
+RECONNECT_S: Final = 1.0
+
+
+class ConfigSync:
+    """Refreshes a `LiveConfig` on each change notice and every `interval_s` regardless."""
+
+    def __init__(self, live: LiveConfig, store: ConfigStore, *, interval_s: float) -> None:
+        self._live = live
+        self._store = store
+        self._interval_s = interval_s
+
+    async def run(self) -> None:
+        """Forever (cancel to stop): subscribe, catch up, then reload on every notice or timeout."""
+        while True:
+            try:
+                async with self._store.subscribe() as feed:
+                    await self._refresh()  # whatever changed while we were not subscribed
+                    while True:
+                        notice = await feed.next(self._interval_s)
+                        if notice is not None:
+                            log.debug("change notice: %s version %d", notice.name, notice.version)
+                        await self._refresh()  # on a notice at once; on a timeout as the backstop
+            except StoreUnavailable as exc:
+                _honour_cancellation()
+                self._live.lost_store(exc.message)
+                await asyncio.sleep(min(self._interval_s, RECONNECT_S))
+
+    async def _refresh(self) -> None:
+        try:
+            await self._live.refresh()
+        except UnknownExperiment as exc:
+            # archived between reading the versions and reading its config: the next check settles it
+            log.info("config refresh raced with an archive: %s", exc.message)
+        _honour_cancellation()
+
+
+def _honour_cancellation() -> None:
+    """Stop if a cancellation was requested but swallowed on the way.
+
+    A cancel that lands while one of redis-py's read timeouts expires can be turned into a
+    timeout (and retried) by Python 3.11's `asyncio.timeout`; the task is still marked as
+    cancelling, and without this check it would wait for the next notice instead of stopping.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

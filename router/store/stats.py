@@ -1,0 +1,350 @@
+"""Per-variant sufficient statistics in Redis: the script that applies events and the reads a report makes.
+
+Everything the report needs (STATS.md) is kept incrementally, so a report costs one HGETALL
+whatever the traffic: per variant the exposed units, requests, errors and latency histogram, and
+per variant and metric the `sum` and `sum_squares` of per-unit values. A unit's value is its
+total after exposure (mean metrics) or whether it converted at least once (binomial), so when a
+unit's total goes from t to t+v the script adds v to `sum` and (t+v)^2 - t^2 to `sum_squares`;
+units without outcomes count as 0 without being stored.
+
+One Lua script applies a batch of one experiment's events atomically. It touches only that
+experiment's keys (one cluster slot), and it skips events whose sequence number the writer has
+already had applied, so a batch retried after a timeout or replayed from a spill file counts once.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Final
+
+import orjson
+import redis.exceptions
+
+from router.config.schema import MetricKind
+from router.errors import StoreUnavailable
+from router.store.client import RedisClient
+from router.store.keys import Keys
+
+#: Upper bounds (ms) of the fixed latency buckets; one more bucket holds everything slower.
+#: Roughly 25% apart, so a quantile read from them is within about 12% of the exact one.
+LATENCY_BUCKETS_MS: Final[tuple[float, ...]] = (
+    0.5, 1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10, 12.5, 15, 20, 25, 30, 40, 50, 60, 80,
+    100, 125, 150, 200, 250, 300, 400, 500, 600, 800, 1000, 1250, 1500, 2000, 2500, 3000, 4000, 5000,
+    6000, 8000, 10000, 15000, 20000, 30000, 60000,
+)  # fmt: skip
+
+#: The field of the stats hash counting outcomes of units never exposed, per metric (`*` is no variant name).
+UNATTRIBUTED: Final = "*:unattributed:"
+
+
+class EventKind(StrEnum):
+    """The events the script understands; the value is what travels to Redis and into spill files."""
+
+    EXPOSURE = "e"
+    OUTCOME = "o"
+    CALLS = "c"
+
+
+#: How many string arguments each kind carries after its kind and sequence number.
+ARGUMENTS: Final[Mapping[EventKind, int]] = {EventKind.EXPOSURE: 7, EventKind.OUTCOME: 5, EventKind.CALLS: 4}
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event in the form the script takes: kind, per-writer sequence number and string arguments."""
+
+    experiment: str
+    seq: int
+    kind: EventKind
+    args: tuple[str, ...]
+
+
+def exposure_event(
+    experiment: str,
+    seq: int,
+    *,
+    unit: str,
+    variant: str,
+    version: int,
+    reason: str,
+    at_ms: int,
+    status: int,
+    latency_ms: float,
+) -> Event:
+    """A unit was assigned `variant` by hash or sticky record; the script keeps only its first exposure."""
+    args = (unit, variant, str(version), reason, str(at_ms), str(status), f"{latency_ms:.3f}")
+    return Event(experiment, seq, EventKind.EXPOSURE, args)
+
+
+def outcome_event(
+    experiment: str, seq: int, *, unit: str, metric: str, kind: MetricKind, value: float, at_ms: int
+) -> Event:
+    """A metric value reported for a unit; `repr` keeps the float exact on its way through Lua."""
+    return Event(experiment, seq, EventKind.OUTCOME, (unit, metric, kind.value, repr(float(value)), str(at_ms)))
+
+
+def calls_event(
+    experiment: str, seq: int, *, variant: str, requests: int, errors: int, latency_counts: Mapping[int, int]
+) -> Event:
+    """Calls served by a variant since the last such event: counts and latency histogram increments."""
+    buckets = ",".join(f"{bucket}={count}" for bucket, count in sorted(latency_counts.items()) if count)
+    return Event(experiment, seq, EventKind.CALLS, (variant, str(requests), str(errors), buckets))
+
+
+def latency_bucket(latency_ms: float) -> int:
+    """The index of the bucket holding `latency_ms` (upper bounds are inclusive, like Prometheus's `le`)."""
+    return bisect.bisect_left(LATENCY_BUCKETS_MS, latency_ms)
+
+
+# KEYS: exposed hash, stats hash, values hash, events stream, writers hash.
+# ARGV: writer id, stream max length, the events as one JSON array of [kind, sequence, arguments...]
+# (one argument, not thousands: packing each string separately costs the gateway more than the write).
+# Returns one string per event: 'dup' (already applied), 'new' / 'old:VARIANT' (exposure: first or
+# repeated, with the variant of the first), 'att:VARIANT' / 'un' (outcome attributed or not), 'ok'.
+_APPLY_EVENTS: Final = """
+local exposed, stats, values, stream, writers = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local writer, maxlen = ARGV[1], ARGV[2]
+local events = cjson.decode(ARGV[3])
+local widths = {e = 7, o = 5, c = 4}
+-- Validate first: a script that fails half way leaves its first writes in place.
+for n, e in ipairs(events) do
+  local width = widths[e[1]]
+  if width == nil or #e ~= width + 2 or tonumber(e[2]) == nil then
+    return redis.error_reply('malformed event ' .. n)
+  end
+end
+local function add(field, amount)
+  local total = (tonumber(redis.call('HGET', stats, field)) or 0) + amount
+  redis.call('HSET', stats, field, string.format('%.17g', total))
+end
+local last = tonumber(redis.call('HGET', writers, writer)) or 0
+local results = {}
+for _, e in ipairs(events) do
+  local kind, seq = e[1], tonumber(e[2])
+  local result = 'ok'
+  if seq <= last then
+    result = 'dup'
+  elseif kind == 'e' then
+    local unit, variant = e[3], e[4]
+    if redis.call('HSETNX', exposed, unit, variant) == 1 then
+      redis.call('HINCRBY', stats, variant .. ':units', 1)
+      redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'type', 'exposure', 'unit', unit, 'variant', variant,
+                 'version', e[5], 'reason', e[6], 'at_ms', e[7], 'status', e[8], 'latency_ms', e[9])
+      result = 'new'
+    else
+      result = 'old:' .. redis.call('HGET', exposed, unit)
+    end
+  elseif kind == 'o' then
+    local unit, metric, metric_kind, value = e[3], e[4], e[5], e[6]
+    local variant = redis.call('HGET', exposed, unit)
+    if variant then
+      local prefix = variant .. ':metric:' .. metric .. ':'
+      local field = metric .. ':' .. unit
+      local v = tonumber(value)
+      if metric_kind == 'binomial' then
+        -- a unit converts once: later conversions change neither its value nor the sums
+        if v ~= 0 and redis.call('HSETNX', values, field, '1') == 1 then
+          add(prefix .. 'sum', 1)
+          add(prefix .. 'sum_squares', 1)
+        end
+      else
+        local before = tonumber(redis.call('HGET', values, field)) or 0
+        local after = before + v
+        redis.call('HSET', values, field, string.format('%.17g', after))
+        add(prefix .. 'sum', v)
+        add(prefix .. 'sum_squares', after * after - before * before)
+      end
+      redis.call('HINCRBY', stats, prefix .. 'outcomes', 1)
+      result = 'att:' .. variant
+    else
+      variant = ''
+      redis.call('HINCRBY', stats, '*:unattributed:' .. metric, 1)
+      result = 'un'
+    end
+    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'type', 'outcome', 'unit', unit, 'metric', metric,
+               'value', value, 'variant', variant, 'at_ms', e[7])
+  else
+    local variant = e[3]
+    redis.call('HINCRBY', stats, variant .. ':requests', e[4])
+    redis.call('HINCRBY', stats, variant .. ':errors', e[5])
+    for bucket, count in string.gmatch(e[6], '(%d+)=(%d+)') do
+      redis.call('HINCRBY', stats, variant .. ':latency:' .. bucket, count)
+    end
+  end
+  results[#results + 1] = result
+  if seq > last then last = seq end
+end
+redis.call('HSET', writers, writer, string.format('%d', last))
+return results
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class MetricTotals:
+    """One metric in one arm: `n` exposed units and the sum and sum of squares of their per-unit values."""
+
+    n: int
+    sum: float = 0.0
+    sum_squares: float = 0.0
+    outcomes: int = 0  # outcome events attributed to the arm, for operators; not a statistic
+
+
+@dataclass(frozen=True, slots=True)
+class VariantStats:
+    """Everything stored about one variant of one experiment, summed over every replica."""
+
+    name: str
+    units: int = 0
+    requests: int = 0
+    errors: int = 0
+    latency_counts: tuple[int, ...] = (0,) * (len(LATENCY_BUCKETS_MS) + 1)
+    metrics: Mapping[str, MetricTotals] = field(default_factory=dict)
+
+    def metric(self, name: str) -> MetricTotals:
+        """The totals of `name`; an arm without outcomes has n units of value 0."""
+        return self.metrics.get(name, MetricTotals(n=self.units))
+
+    def latency_ms(self, quantile: float) -> float | None:
+        """The latency quantile from the histogram, None without calls (see `latency_quantile`)."""
+        return latency_quantile(self.latency_counts, quantile)
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentStats:
+    """The stored statistics of one experiment, as a report reads them."""
+
+    experiment: str
+    variants: Mapping[str, VariantStats]
+    unattributed: Mapping[str, int]  # metric -> outcomes of units never exposed
+
+    def variant(self, name: str) -> VariantStats:
+        """The stats of `name`, zeros when nothing was recorded for it yet."""
+        return self.variants.get(name, VariantStats(name))
+
+
+def latency_quantile(counts: Sequence[int], quantile: float) -> float | None:
+    """A quantile of a latency histogram, interpolated linearly inside its bucket as Prometheus does.
+
+    None when there are no observations; the slowest bucket has no upper bound, so a quantile
+    that falls in it reads as that bucket's lower bound.
+    """
+    if not 0 <= quantile <= 1:
+        raise ValueError(f"quantile must be between 0 and 1, got {quantile}")
+    total = sum(counts)
+    if total == 0:
+        return None
+    rank = quantile * total
+    cumulative = 0
+    for index, count in enumerate(counts):
+        if count and cumulative + count >= rank:
+            lower = LATENCY_BUCKETS_MS[index - 1] if index > 0 else 0.0
+            if index >= len(LATENCY_BUCKETS_MS):
+                return lower
+            upper = LATENCY_BUCKETS_MS[index]
+            return lower + (upper - lower) * max(rank - cumulative, 0) / count
+        cumulative += count
+    return LATENCY_BUCKETS_MS[-1]
+
+
+class StatsStore:
+    """Applies batches of events to an experiment's statistics and reads them back."""
+
+    def __init__(self, redis: RedisClient, *, keys: Keys, stream_maxlen: int) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._stream_maxlen = str(stream_maxlen)
+        self._apply = redis.register_script(_APPLY_EVENTS)
+
+    async def apply(self, experiment: str, writer: str, events: Sequence[Event]) -> list[str]:
+        """Apply `events` (all of `experiment`, by one writer, in sequence order); one result per event."""
+        payload = orjson.dumps([[event.kind.value, event.seq, *event.args] for event in events])
+        keys = self._keys
+        with _translate_errors("writing events"):
+            results = await self._apply(
+                keys=[
+                    keys.exposed(experiment),
+                    keys.stats(experiment),
+                    keys.values(experiment),
+                    keys.events(experiment),
+                    keys.writers(experiment),
+                ],
+                args=[writer, self._stream_maxlen, payload],
+            )
+        return [_text(result) for result in results]
+
+    async def read(
+        self, experiment: str, *, variants: Sequence[str] = (), metrics: Sequence[str] = ()
+    ) -> ExperimentStats:
+        """Every statistic of `experiment` in one command; `variants` and `metrics` are present even at zero."""
+        with _translate_errors("reading statistics"):
+            row = await self._redis.hgetall(self._keys.stats(experiment))
+        return parse_stats(experiment, {_text(k): _text(v) for k, v in row.items()}, variants, metrics)
+
+
+def parse_stats(
+    experiment: str, fields: Mapping[str, str], variants: Sequence[str] = (), metrics: Sequence[str] = ()
+) -> ExperimentStats:
+    """The stats hash as typed values; field names are documented in `router.store.keys`."""
+    counters: dict[str, dict[str, int]] = {name: {} for name in variants}
+    latency: dict[str, list[int]] = {}
+    sums: dict[str, dict[str, dict[str, float]]] = {}
+    unattributed: dict[str, int] = {}
+    for name, value in fields.items():
+        variant, _, rest = name.partition(":")
+        if variant == "*":
+            if name.startswith(UNATTRIBUTED):
+                unattributed[name.removeprefix(UNATTRIBUTED)] = int(value)
+            continue
+        counters.setdefault(variant, {})
+        kind, _, detail = rest.partition(":")
+        if kind == "latency":
+            buckets = latency.setdefault(variant, [0] * (len(LATENCY_BUCKETS_MS) + 1))
+            index = int(detail)
+            if 0 <= index < len(buckets):
+                buckets[index] += int(value)
+        elif kind == "metric":
+            metric, _, figure = detail.partition(":")
+            sums.setdefault(variant, {}).setdefault(metric, {})[figure] = float(value)
+        elif kind in ("units", "requests", "errors"):
+            counters[variant][kind] = int(value)
+    result: dict[str, VariantStats] = {}
+    for variant, counts in counters.items():
+        units = counts.get("units", 0)
+        figures = sums.get(variant, {})
+        totals = {
+            metric: MetricTotals(
+                n=units,
+                sum=figures.get(metric, {}).get("sum", 0.0),
+                sum_squares=figures.get(metric, {}).get("sum_squares", 0.0),
+                outcomes=int(figures.get(metric, {}).get("outcomes", 0)),
+            )
+            for metric in dict.fromkeys([*metrics, *figures])
+        }
+        result[variant] = VariantStats(
+            name=variant,
+            units=units,
+            requests=counts.get("requests", 0),
+            errors=counts.get("errors", 0),
+            latency_counts=tuple(latency.get(variant, [0] * (len(LATENCY_BUCKETS_MS) + 1))),
+            metrics=totals,
+        )
+    for metric in metrics:
+        unattributed.setdefault(metric, 0)
+    return ExperimentStats(experiment=experiment, variants=result, unattributed=unattributed)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@contextlib.contextmanager
+def _translate_errors(doing: str) -> Iterator[None]:
+    """Redis errors (and our own timeouts around them) become `StoreUnavailable` here and nowhere above."""
+    try:
+        yield
+    except (redis.exceptions.RedisError, TimeoutError) as exc:
+        raise StoreUnavailable(f"{doing} in Redis failed: {type(exc).__name__}: {exc}") from exc

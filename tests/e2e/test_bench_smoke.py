@@ -1,0 +1,49 @@
+"""The benchmark's smoke mode runs end to end, so `python -m bench.run` cannot rot between real runs.
+
+It uses wrk and nginx when the machine has them and falls back to the Python load generator and
+upstream when it does not (it never installs anything here: `--no-install`). Only the default
+upstream client is started, which keeps the test under 30 s; tests/e2e/test_proxy_clients.py
+covers the others.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from router.settings import Settings
+from tests.fixtures.servers import ROOT
+
+
+def test_the_smoke_benchmark_measures_abrouter_against_its_baselines_without_errors(
+    tmp_path: Path, trained_models: dict[str, Path]
+) -> None:
+    default_client = Settings.model_fields["upstream_client"].default
+    out = tmp_path / "bench.json"
+    models_dir = next(iter(trained_models.values())).parent
+    args = ["--smoke", "--no-install", "--clients", default_client, "--models-dir", str(models_dir), "--json", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.run", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    rows = {(row["mode"], row["name"]) for row in report["rows"]}
+    assert {
+        ("throughput", "tutorial Starlette+httpx"),
+        ("throughput", f"abrouter proxy ({default_client}, on)"),
+        ("throughput", f"abrouter proxy ({default_client}, off)"),
+        ("throughput", "abrouter local model (per request, on)"),
+        ("rate", "upstream direct"),
+        ("rate", f"abrouter proxy ({default_client}, on)"),
+        ("rate", "abrouter local model (per request, on)"),
+    } <= rows
+    assert all(row["load"]["requests"] > 0 and row["load"]["errors"] == 0 for row in report["rows"])
+    assert all(row["cpu_us_per_request"] > 0 for row in report["rows"] if row["name"].startswith("abrouter"))
+    assert any("p99 added over direct" in line for line in report["ratios"])
