@@ -1,4 +1,6 @@
-# The abrouter gateway image.
+# The abrouter gateway image. The example `churn` experiment's control is a model server on
+# 127.0.0.1:9001, which the image does not run: mount your own configs (`--config /configs`) or
+# use `churn-local`, whose variants are both in-process.
 #   docker build -t abrouter .
 #   docker run -p 8000:8000 -e ABROUTER_REDIS_URL=redis://redis:6379/0 abrouter
 # Without ABROUTER_REDIS_URL the container runs its own embedded Redis under /data (mount a volume there).
@@ -16,11 +18,14 @@ RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 # Example experiments and model definitions, so the image can serve the quick-start examples.
 COPY config ./config
 COPY variants ./variants
-RUN python -m variants.train --out variants/models && chown -R abrouter /app
+# /data must exist and belong to the user before VOLUME, or Docker creates it root-owned and the
+# embedded Redis and the admin token file cannot be written there.
+RUN python -m variants.train --out variants/models && mkdir -p /data && chown -R abrouter /app /data
 USER abrouter
 ENV ABROUTER_HOST=0.0.0.0 \
     ABROUTER_PORT=8000 \
-    ABROUTER_DATA_DIR=/data
+    ABROUTER_DATA_DIR=/data \
+    ABROUTER_MODELS_DIR=/app
 VOLUME ["/data"]
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=2s CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"

@@ -23,11 +23,11 @@ LUA_SCRIPT: Final = Path(__file__).with_name("random_user.lua")
 SLACK_S: Final = 30.0
 
 
-def _pinned(args: list[str], cpu: int | None) -> list[str]:
+def _pinned(args: list[str], cpu: int | str | None) -> list[str]:
     return ["taskset", "-c", str(cpu), *args] if cpu is not None else args
 
 
-def wrk_closed(url: str, *, connections: int, duration_s: float, cpu: int | None) -> dict[str, Any]:
+def wrk_closed(url: str, *, connections: int, duration_s: float, cpu: int | str | None) -> dict[str, Any]:
     """wrk, one thread, `connections` keep-alive connections, random X-User-Id per request (bench/random_user.lua)."""
     wrk = shutil.which("wrk")
     assert wrk is not None, "wrk is not installed"
@@ -66,7 +66,7 @@ def python_load(
     mode: str,
     connections: int,
     duration_s: float,
-    cpu: int | None,
+    cpu: int | str | None,
     rate: float | None = None,
 ) -> dict[str, Any]:
     """bench/loadgen.py in a process of its own (mode `closed` or `rate`)."""

@@ -4,8 +4,9 @@ One run starts an nginx upstream answering fixed JSON, then measures with the sa
 32 connections, a random X-User-Id per request; server on one CPU, load generator on the other):
 the upstream direct, nginx `split_clients`, the tutorial Starlette+httpx proxy, abrouter proxying
 on each upstream client library (logging and metrics on), abrouter with them off, abrouter with
-a local model; then a constant-rate run (1 000 req/s) for the latency abrouter adds. It prints
-one table, the ratios the performance targets are stated in, and optionally writes JSON.
+a local model (one model call per request, and micro-batched), abrouter with one and two workers
+on both CPUs; then constant-rate runs (1 000 req/s) for the latency abrouter adds. It prints one
+table, the ratios the performance targets are stated in, and optionally writes JSON.
 
 Without wrk or nginx (and no way to install them) it falls back to bench/loadgen.py and a Python
 upstream, so the smoke mode still exercises abrouter; those figures are not comparable.
@@ -34,11 +35,13 @@ from bench.loadgen import DEFAULT_BODY
 from router.settings import Settings, UpstreamClientKind
 from router.store.embedded import RedisServer, free_port
 
-#: not yet settings of abrouter when this harness was written: passed anyway, reported when unknown
+#: the settings that turn logging and metrics off (checked against abrouter's settings, reported when unknown)
 SWITCHES: Final = {"events_enabled": "ABROUTER_EVENTS_ENABLED", "metrics_enabled": "ABROUTER_METRICS_ENABLED"}
 PREDICT: Final = "/v1/experiments/bench/predict"
 PREDICT_LOCAL: Final = "/v1/experiments/bench-local/predict"
-CLIENT_MODULES: Final = {"httpx": "httpx", "httpx2": "httpx2", "aiohttp": "aiohttp"}
+CLIENT_MODULES: Final = {"httpx": "httpx", "httpx2": "httpx2", "aiohttp": "aiohttp", "httptools": "httptools"}
+LOCAL_PER_REQUEST: Final = "abrouter local model (per request, on)"
+LOCAL_BATCHED: Final = "abrouter local model (micro-batched, on)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +55,8 @@ class Plan:
     connections: int
     server_cpu: int | None
     load_cpu: int | None
+    #: every CPU this run may use, as a taskset list: for the runs where server and load share them all
+    all_cpus: str | None
     clients: tuple[str, ...]
     default_client: str
     use_wrk: bool
@@ -182,15 +187,21 @@ class Bench:
         self.stack.callback(server.stop)
         return server
 
-    def measure(self, name: str, server: servers.Server, path: str, *, rate: float | None = None) -> Row | None:
-        """Warm up, then one measured run; CPU is read around the measured run only."""
+    def measure(
+        self, name: str, server: servers.Server, path: str, *, rate: float | None = None, pinned: bool = True
+    ) -> Row | None:
+        """Warm up, then one measured run; CPU is read around the measured run only.
+
+        Not `pinned`: the load generator runs on any CPU, like the server under test.
+        """
         url = f"{server.url}{path}"
         plan = self.plan
+        load_cpu = plan.load_cpu if pinned else plan.all_cpus
         try:
             if plan.warmup_s > 0:
-                self._load(url, plan.warmup_s, rate)
+                self._load(url, plan.warmup_s, rate, load_cpu)
             before, redis_before = server.cpu_seconds(), self._redis_cpu()
-            result = self._load(url, plan.duration_s if rate is None else plan.rate_duration_s, rate)
+            result = self._load(url, plan.duration_s if rate is None else plan.rate_duration_s, rate, load_cpu)
             server_cpu, redis_cpu = server.cpu_seconds() - before, self._redis_cpu() - redis_before
         except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
             self.failures.append(f"{name}: {exc}")
@@ -206,18 +217,18 @@ class Bench:
         print(f"  {_line(row)}", file=sys.stderr)
         return row
 
-    def _load(self, url: str, duration_s: float, rate: float | None) -> dict[str, Any]:
+    def _load(self, url: str, duration_s: float, rate: float | None, cpu: int | str | None) -> dict[str, Any]:
         """Closed loop (wrk, else the Python generator) without a rate; the constant-rate generator with one."""
         plan = self.plan
         if rate is None and plan.use_wrk:
-            return load.wrk_closed(url, connections=plan.connections, duration_s=duration_s, cpu=plan.load_cpu)
+            return load.wrk_closed(url, connections=plan.connections, duration_s=duration_s, cpu=cpu)
         return load.python_load(
             url,
             mode="closed" if rate is None else "rate",
             rate=rate,
             connections=plan.connections,
             duration_s=duration_s,
-            cpu=plan.load_cpu,
+            cpu=cpu,
         )
 
     def _redis_cpu(self) -> float:
@@ -233,21 +244,23 @@ class Bench:
         finally:
             servers.pin(tree, self.plan.load_cpu)
 
-    def abrouter(self, name: str, *, client: str, switches_on: bool) -> servers.Server:
+    def abrouter(
+        self, name: str, *, client: str, switches_on: bool, batching: bool = True, workers: int = 1
+    ) -> servers.Server:
         """A gateway, not yet started, on `client` with logging and metrics on or off."""
-        env = {"ABROUTER_UPSTREAM_CLIENT": client}
+        env = {"ABROUTER_UPSTREAM_CLIENT": client, "ABROUTER_LOCAL_BATCHING": "true" if batching else "false"}
         env.update({var: "true" if switches_on else "false" for var in SWITCHES.values()})
         return servers.abrouter(
-            name, self.workdir, port=free_port(), config=self.config, redis_url=self.redis.url, env=env
+            name, self.workdir, port=free_port(), config=self.config, redis_url=self.redis.url, env=env, workers=workers
         )
 
     @contextlib.contextmanager
-    def serving(self, server: servers.Server) -> Iterator[servers.Server]:
+    def serving(self, server: servers.Server, *, pinned: bool = True) -> Iterator[servers.Server]:
         """The server started (unless `start_all` did) for a block of measurements, stopped after it."""
         if server.process is not None:  # started by `start_all`, stopped with the others at the end
             yield server
             return
-        self.start(server, cpu=self.plan.server_cpu, path=PREDICT)
+        self.start(server, cpu=self.plan.server_cpu if pinned else self.plan.all_cpus, path=PREDICT)
         try:
             yield server
         finally:
@@ -257,24 +270,27 @@ class Bench:
         """Start servers side by side on any CPU (the smoke mode's shortcut); `ready_all` pins them."""
         self.stack.callback(servers.stop_together, every)
         for server in every:
-            server.launch(cpu=None)
+            server.launch(cpu=self.plan.all_cpus)
 
-    def ready_all(self, every: Sequence[servers.Server]) -> None:
+    def ready_all(self, every: Sequence[servers.Server], *, unpinned: Sequence[servers.Server] = ()) -> None:
         for server in every:
             server.wait_ready(ready_path=PREDICT, body=DEFAULT_BODY)
-            servers.pin(servers.process_tree(server.pid), self.plan.server_cpu)
+            if server not in unpinned:
+                servers.pin(servers.process_tree(server.pid), self.plan.server_cpu)
 
     def run(self) -> None:
         plan = self.plan
+        default = plan.default_client
         tutorial = servers.tutorial_proxy(self.workdir, port=free_port(), upstream=self.upstream.url)
         gateways = [
             (self.abrouter(f"abrouter proxy ({client}, on)", client=client, switches_on=True), client)
             for client in plan.clients
         ]
-        off = self.abrouter(
-            f"abrouter proxy ({plan.default_client}, off)", client=plan.default_client, switches_on=False
-        )
-        every = [tutorial, *(gateway for gateway, _ in gateways), off]
+        per_request = self.abrouter(LOCAL_PER_REQUEST, client=default, switches_on=True, batching=False)
+        off = self.abrouter(f"abrouter proxy ({default}, off)", client=default, switches_on=False)
+        # Scaling: one and two workers, each free to use both CPUs, as is the load generator (see docs).
+        scaling = [self.abrouter(scaling_row(default, n), client=default, switches_on=True, workers=n) for n in (1, 2)]
+        every = [tutorial, *(gateway for gateway, _ in gateways), per_request, off, *scaling]
         if plan.start_all:
             self.launch_all(every)  # they start while nginx is measured: smoke figures mean nothing anyway
         with self.upstream_on_server_cpu():
@@ -285,20 +301,28 @@ class Bench:
             with self.serving(servers.nginx("nginx split_clients", conf, self.workdir / "split", port=port)) as split:
                 self.measure("nginx split_clients", split, PREDICT)
         if plan.start_all:
-            self.ready_all(every)
+            self.ready_all(every, unpinned=scaling)
         with self.serving(tutorial):
             self.measure("tutorial Starlette+httpx", tutorial, PREDICT)
         for gateway, client in gateways:
             with self.serving(gateway):
                 self.measure(gateway.name, gateway, PREDICT)
-                if client == plan.default_client:
-                    self.measure("abrouter local model (per request, on)", gateway, PREDICT_LOCAL)
+                if client == default:
+                    # Off right after on: the cost of logging and metrics is a ratio of two runs that
+                    # should see the same machine (an idle gateway beside the measured one costs nothing).
+                    with self.serving(off):
+                        self.measure(off.name, off, PREDICT)
+                    self.measure(LOCAL_BATCHED, gateway, PREDICT_LOCAL)
                     with self.upstream_on_server_cpu():
                         self.measure("upstream direct", self.upstream, "/predict", rate=plan.rate)
                     self.measure(gateway.name, gateway, PREDICT, rate=plan.rate)
-                    self.measure("abrouter local model (per request, on)", gateway, PREDICT_LOCAL, rate=plan.rate)
-        with self.serving(off):
-            self.measure(off.name, off, PREDICT)
+                    self.measure(LOCAL_BATCHED, gateway, PREDICT_LOCAL, rate=plan.rate)
+        with self.serving(per_request):
+            self.measure(LOCAL_PER_REQUEST, per_request, PREDICT_LOCAL)
+        for workers, gateway in enumerate(scaling, start=1):
+            with self.serving(gateway, pinned=False):
+                self.measure(gateway.name, gateway, PREDICT, pinned=False)
+                self.measure(scaling_row("local model", workers), gateway, PREDICT_LOCAL, pinned=False)
         self.measure_clients()
 
     def measure_clients(self) -> None:
@@ -331,6 +355,12 @@ class Bench:
             if result["errors"]:
                 self.failures.append(f"client {result['client']} alone: {result['errors']} errors")
             print(f"  client {result['client']} alone: {json.dumps(result)}", file=sys.stderr)
+
+
+def scaling_row(what: str, workers: int) -> str:
+    """A row of the scaling runs: `what` is an upstream client (the proxy) or "local model"."""
+    served = "abrouter local model (micro-batched" if what == "local model" else f"abrouter proxy ({what}"
+    return f"{served}, on, {workers} worker{'s' if workers > 1 else ''}, both CPUs)"
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -371,12 +401,26 @@ def ratios(rows: Sequence[Row], plan: Plan, switches_wired: bool) -> list[str]:
             lines.append(f"upstream client {client}: {row.load['rps'] / main.load['rps']:.2f}x the default's req/s")
     direct = find(rows, "rate", "upstream direct")
     proxied = find(rows, "rate", "abrouter proxy")
-    local = find(rows, "rate", "abrouter local")
+    local = find(rows, "rate", LOCAL_BATCHED)
     if direct and proxied:
         added = proxied.load["p99_ms"] - direct.load["p99_ms"]
         lines.append(f"p99 added over direct at {plan.rate:g} req/s: {added:.2f} ms (target <= 2 ms)")
+    batched, per_request = find(rows, "throughput", LOCAL_BATCHED), find(rows, "throughput", LOCAL_PER_REQUEST)
+    if batched and per_request:
+        gain = batched.load["rps"] / per_request.load["rps"]
+        lines.append(f"local model micro-batched / per request req/s: {gain:.2f}x (target >= 2.5x)")
     if local:
-        lines.append(f"local model p99 at {plan.rate:g} req/s: {local.load['p99_ms']:.2f} ms (target <= 10 ms)")
+        lines.append(
+            f"local model (micro-batched) p99 at {plan.rate:g} req/s: {local.load['p99_ms']:.2f} ms (target <= 10 ms)"
+        )
+    for what, shared in ((plan.default_client, "the load generator and the upstream"), ("local model", "wrk")):
+        one = find(rows, "throughput", scaling_row(what, 1))
+        two = find(rows, "throughput", scaling_row(what, 2))
+        if one and two:
+            lines.append(
+                f"2 workers / 1 worker req/s, {'proxy' if what != 'local model' else what} "
+                f"(both CPUs, shared with {shared}): {two.load['rps'] / one.load['rps']:.2f}x (target >= 1.7x)"
+            )
     return lines
 
 
@@ -509,6 +553,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         connections=args.connections,
         server_cpu=args.server_cpu if pinned else None,
         load_cpu=args.load_cpu if pinned else None,
+        all_cpus=",".join(str(cpu) for cpu in sorted(os.sched_getaffinity(0))) if pinned else None,
         clients=tuple(clients),
         default_client=default_client,
         use_wrk=have_wrk,

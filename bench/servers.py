@@ -85,12 +85,12 @@ class Server:
         assert self.process is not None, f"{self.name} was not started"
         return self.process.pid
 
-    def start(self, *, cpu: int | None, ready_path: str, body: bytes, timeout_s: float = 60.0) -> Server:
-        """Launch pinned to `cpu` and wait until POST `ready_path` answers 200."""
+    def start(self, *, cpu: int | str | None, ready_path: str, body: bytes, timeout_s: float = 60.0) -> Server:
+        """Launch pinned to `cpu` (a taskset CPU list when a string) and wait until POST `ready_path` answers 200."""
         self.launch(cpu=cpu)
         return self.wait_ready(ready_path=ready_path, body=body, timeout_s=timeout_s)
 
-    def launch(self, *, cpu: int | None) -> None:
+    def launch(self, *, cpu: int | str | None) -> None:
         """Start the process pinned to `cpu` with taskset (None: anywhere, to be pinned later)."""
         args = ["taskset", "-c", str(cpu), *self.args] if cpu is not None else self.args
         with self.log.open("ab") as out:
@@ -245,11 +245,13 @@ def tutorial_proxy(workdir: Path, *, port: int, upstream: str) -> Server:
     return Server("tutorial", args, port=port, log=workdir / "tutorial.log", env={"BENCH_UPSTREAM": upstream})
 
 
-def abrouter(name: str, workdir: Path, *, port: int, config: Path, redis_url: str, env: Mapping[str, str]) -> Server:
-    """`abrouter serve`, one worker, against the run's private Redis."""
+def abrouter(
+    name: str, workdir: Path, *, port: int, config: Path, redis_url: str, env: Mapping[str, str], workers: int = 1
+) -> Server:
+    """`abrouter serve` with `workers` worker processes, against the run's private Redis."""
     data_dir = workdir / name.replace(" ", "_").replace("(", "").replace(")", "").replace(",", "")
     args = [sys.executable, "-m", "router", "serve", "--config", str(config), "--port", str(port)]
-    args += ["--redis-url", redis_url, "--data-dir", str(data_dir), "--log-level", "warning", "--workers", "1"]
+    args += ["--redis-url", redis_url, "--data-dir", str(data_dir), "--log-level", "warning", "--workers", str(workers)]
     return Server(
         name,
         args,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import os
 import shutil
 import signal
@@ -16,7 +17,7 @@ from types import FrameType
 from rich.console import Console
 from rich.markup import escape
 
-from router import __version__, cli_admin
+from router import __version__, cli_admin, demo
 from router.config.loader import config_files, load_file, load_files
 from router.config.schema import Experiment
 from router.errors import InvalidConfig, RouterError
@@ -52,8 +53,29 @@ def _parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check config files; print `ok` or every problem")
     validate.add_argument("files", nargs="+", metavar="FILE", help="config files or directories")
 
-    cli_admin.add_commands(commands)  # apply, list, get, set-weights, promote, rollback, history
+    cli_admin.add_commands(commands)  # apply, list, get, set-weights, promote, rollback, history, report
+
+    demo_parser = commands.add_parser(
+        "demo",
+        help="start example models and a gateway, send users with a known effect, print the report",
+        description=demo.__doc__.splitlines()[0] if demo.__doc__ else None,
+    )
+    demo_parser.add_argument(
+        "--units", type=_demo_units, default=demo.DEFAULT_UNITS, help="synthetic users to send (default %(default)s)"
+    )
+    demo_parser.add_argument(
+        "--seed", type=int, default=demo.DEFAULT_SEED, help="seed of the synthetic users (default %(default)s)"
+    )
+    demo_parser.add_argument(
+        "-o", "--output", type=Path, default=demo.DEFAULT_OUTPUT, help="the HTML report (default %(default)s)"
+    )
     return parser
+
+
+def _demo_units(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 10 <= int(text) <= 100_000:
+        raise argparse.ArgumentTypeError(f"expected a number of users from 10 to 100000, got {text!r}")
+    return int(text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -67,6 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve(args)
         if args.command == "validate":
             return validate(args.files)
+        if args.command == "demo":
+            console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)  # piped: no 80 columns
+            return demo.run(args.units, seed=args.seed, output=args.output, console=console)
         if getattr(args, "handler", None) is not None:
             return cli_admin.run(args)
     except RouterError as exc:
@@ -112,8 +137,24 @@ def _serve_settings(args: argparse.Namespace) -> Settings:
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
+#: thread-pool sizes of the native libraries models run on (OpenMP, OpenBLAS, MKL)
+NATIVE_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def one_native_thread_each() -> None:
+    """One thread per native library unless the user chose otherwise: the gateway's parallelism is its workers.
+
+    Idle OpenMP/BLAS threads spin waiting for work: with one pool per core in every worker they
+    take the CPU the event loops need (docs/performance.md). Set before the libraries load, so
+    they read it, and inherited by the worker processes.
+    """
+    for name in NATIVE_THREAD_VARIABLES:
+        os.environ.setdefault(name, "1")
+
+
 def serve(args: argparse.Namespace) -> int:
     """Start the embedded Redis if needed, apply example configs, check local models, run uvicorn."""
+    one_native_thread_each()  # first: before any model library is loaded, here or in a worker
     import uvicorn
 
     from router.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
@@ -151,7 +192,7 @@ def serve(args: argparse.Namespace) -> int:
                 loop="uvloop",
                 http="httptools",
                 log_level=settings.log_level,
-                timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+                timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),  # uvicorn takes whole seconds
                 server_header=False,
             )
     return EXIT_OK

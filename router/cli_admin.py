@@ -1,6 +1,6 @@
 """The `abrouter` commands that edit experiments through a running gateway's control plane (SPEC section 9).
 
-apply, list, get, set-weights, promote, rollback, history. Each takes `--url`, `--token` and
+apply, list, get, set-weights, promote, rollback, history, report. Each takes `--url`, `--token` and
 `--json`; tables are for people, `--json` prints the gateway's answers for scripts. Exit codes as
 for every command: 0 ok, 1 failure, 2 bad usage (a missing token counts as bad usage).
 """
@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import yaml
 from rich.console import Console
@@ -25,9 +25,12 @@ from router.api.auth import TOKEN_FILE_NAME
 from router.client import DEFAULT_TIMEOUT_S, DEFAULT_URL, AdminClient
 from router.config.loader import load_files
 from router.errors import GatewayError, GatewayUnreachable
+from router.reports.model import Report
+from router.reports.render import render_table, report_renderable
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 TOKEN_ENV: Final = "ABROUTER_ADMIN_TOKEN"
+REPORT_FORMATS: Final = ("table", "json", "html")
 
 # Piped output is not wrapped at 80 columns: scripts grep lines, and a folded table row breaks that.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
@@ -76,6 +79,13 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     history = command("history", history_command, "every version: time, actor and what changed")
     history.add_argument("name")
+
+    report = command("report", report_command, "the experiment report: sample-ratio check, variants, metrics")
+    report.add_argument("name")
+    report.add_argument(
+        "--format", choices=REPORT_FORMATS, help="table (default; --json means json), json, or html: one page"
+    )
+    report.add_argument("-o", "--output", type=Path, metavar="FILE", help="write the report to FILE, not stdout")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -227,6 +237,33 @@ def history_command(args: argparse.Namespace, client: AdminClient) -> int:
     for v in history["versions"]:
         table.add_row(Text(str(v["version"])), Text(v["updated_at"]), Text(v["updated_by"]), Text(v["change"]))
     out.print(table)
+    return EXIT_OK
+
+
+def report_command(args: argparse.Namespace, client: AdminClient) -> int:
+    """Fetch the report and show it as a terminal table, or write the gateway's JSON or HTML page."""
+    fmt = args.format or ("json" if args.json else "table")
+    if fmt == "html":
+        text = client.report_html(args.name)
+    else:
+        # the gateway's JSON is a Report: the same document the renderers are typed for
+        report = cast(Report, client.report(args.name))
+        if fmt == "json":
+            text = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+        elif args.output is None:
+            out.print(report_renderable(report))
+            return EXIT_OK
+        else:
+            text = render_table(report)
+    if args.output is None:
+        sys.stdout.write(text)
+        return EXIT_OK
+    try:
+        args.output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        err.print(f"error: cannot write the report to {args.output}: {exc.strerror or exc}", markup=False)
+        return EXIT_FAILURE
+    err.print(f"{args.name}: {fmt} report written to {args.output}", markup=False)
     return EXIT_OK
 
 

@@ -86,16 +86,42 @@ class AdminClient:
     def archive(self, name: str, *, if_match: int | None = None) -> dict[str, Any]:
         return self._call("DELETE", _path(name), if_match=if_match)
 
-    def _call(
-        self, method: str, path: str, *, body: Mapping[str, Any] | None = None, if_match: int | None = None
-    ) -> dict[str, Any]:
+    def report(self, name: str) -> dict[str, Any]:
+        """The experiment report as JSON (SPEC section 6)."""
+        return self._call("GET", _path(name, "report"))
+
+    def report_html(self, name: str) -> str:
+        """The experiment report as one self-contained HTML page."""
+        response = self._send("GET", _path(name, "report"), params={"format": "html"}, accept="text/html")
+        if response.is_error:
+            raise _error(response, _json(response))
+        return response.text
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Mapping[str, Any] | None = None,
+        if_match: int | None = None,
+        params: Mapping[str, str] | None = None,
+        accept: str | None = None,
+    ) -> httpx.Response:
+        """One request; transport failures become `GatewayUnreachable`, an error answer is returned as it is."""
         headers = {"If-Match": f'"{if_match}"'} if if_match is not None else {}
+        if accept is not None:
+            headers["Accept"] = accept
         try:
-            response = self._http.request(method, path, json=body, headers=headers)
+            return self._http.request(method, path, json=body, headers=headers, params=params)
         except httpx.TimeoutException:
             raise GatewayUnreachable(f"{method} {self.url}{path}: no answer within {self._timeout_s:g} s") from None
         except httpx.TransportError as exc:
             raise GatewayUnreachable(f"cannot reach the gateway at {self.url}: {exc}") from None
+
+    def _call(
+        self, method: str, path: str, *, body: Mapping[str, Any] | None = None, if_match: int | None = None
+    ) -> dict[str, Any]:
+        response = self._send(method, path, body=body, if_match=if_match)
         data = _json(response)
         if response.is_error:
             raise _error(response, data)

@@ -10,8 +10,9 @@ handler as ``{"error": {"code", "message", "details"}}`` and the class's HTTP st
       RequestError       MissingUnit (400) · InvalidPayload (422) · PayloadTooLarge (413)
       AuthError          Unauthorized (401)
       UpstreamError      UpstreamTimeout (504) · UpstreamUnavailable (502)
-      VariantError       ModelLoadError (500, start-up only) · PredictionError (500)
+      VariantError       ModelLoadError (500, start-up only) · PredictionError (500) · ModelOverloaded (503)
       StoreUnavailable   (503; never reaches a prediction caller: the event path buffers instead)
+      FeatureDisabled    (503; the gateway was started with that feature off, e.g. ABROUTER_METRICS_ENABLED=false)
       GatewayError       GatewayUnreachable (the CLI's side: a gateway answered with an error, or not at all)
 """
 
@@ -146,9 +147,23 @@ class PredictionError(VariantError):
     code = "prediction_error"
 
 
+class ModelOverloaded(VariantError):
+    """A local model's queue of waiting calls is full: refuse at once rather than queue without bound."""
+
+    status_code = 503
+    code = "model_overloaded"
+
+
 class StoreUnavailable(RouterError):
     status_code = 503
     code = "store_unavailable"
+
+
+class FeatureDisabled(RouterError):
+    """The call needs something this gateway was configured without (event logging, metrics)."""
+
+    status_code = 503
+    code = "feature_disabled"
 
 
 class GatewayError(RouterError):

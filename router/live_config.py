@@ -17,6 +17,7 @@ from router.metrics import Metrics, StoreOperation
 from router.proxy import UpstreamClient
 from router.store.configs import ConfigStore, StoredExperiment
 from router.variants.base import VariantBackend
+from router.variants.local import LocalVariant
 from router.variants.registry import ModelCache, build_backends
 
 log = logging.getLogger("abrouter.config")
@@ -53,6 +54,7 @@ class LiveConfig:
         self.store_error: str | None = None
         #: experiment name -> why its newest version is not in force (e.g. its model failed to load)
         self.rejected: dict[str, str] = {}
+        self._rejected_versions: dict[str, int] = {}
         self.last_refresh: float | None = None
 
     def get(self, name: str) -> ActiveExperiment:
@@ -75,7 +77,11 @@ class LiveConfig:
         """
         try:
             versions = await self._store.versions()
-            changed = [name for name, version in versions.items() if self._version_of(name) != version]
+            changed = [
+                name
+                for name, version in versions.items()
+                if self._version_of(name) != version and self._rejected_versions.get(name) != version
+            ]
             loaded = [await self._store.get(name) for name in changed]
         except StoreUnavailable as exc:
             self.lost_store(exc.message)
@@ -83,10 +89,18 @@ class LiveConfig:
         for stored in loaded:
             await self._activate(stored, strict=strict)
         for name in set(self._active) - set(versions):
+            self._rejected_versions.pop(name, None)
             log.info("experiment %s is archived or deleted: no longer served", name)
             del self._active[name]
             if self._metrics is not None:
                 self._metrics.experiment_retired(name)
+        if loaded:
+            self._models.retain(
+                backend.model
+                for active in self._active.values()
+                for backend in active.backends.values()
+                if isinstance(backend, LocalVariant)
+            )
         if self.store_error is not None:
             log.info("config store reachable again; config in force checked")
             self.store_error = None
@@ -122,8 +136,11 @@ class LiveConfig:
                 raise
             log.error("experiment %s version %d not applied: %s", name, stored.version, exc.message)
             self.rejected[name] = f"version {stored.version}: {exc.message}"
+            # not retried (and not logged again) every second: only a newer version is tried
+            self._rejected_versions[name] = stored.version
             return
         self.rejected.pop(name, None)
+        self._rejected_versions.pop(name, None)
         previous = self._version_of(name)
         self._active[name] = ActiveExperiment(stored=stored, backends=backends)
         if self._metrics is not None:

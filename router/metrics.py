@@ -344,6 +344,64 @@ class Metrics:
             gauge.remove(*labels)
 
 
+class NullMetrics(Metrics):
+    """`ABROUTER_METRICS_ENABLED=false`: the same interface, and every recording method does nothing.
+
+    Its metric objects live in a registry of their own that nothing exports (/metrics answers 503),
+    so a method added to `Metrics` later and not overridden here is harmless, only not free.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(CollectorRegistry())
+
+    def request(self, experiment: str, variant: str, reason: str, status: int, duration_s: float) -> None:
+        pass
+
+    def upstream_call(
+        self, experiment: str, variant: str, duration_s: float, error: UpstreamErrorKind | None = None
+    ) -> None:
+        pass
+
+    def fallback(self, experiment: str, variant: str) -> None:
+        pass
+
+    def exposure(self, experiment: str, variant: str, count: int = 1) -> None:
+        pass
+
+    def outcomes(self, experiment: str, variant: str, metric: str, count: int = 1) -> None:
+        pass
+
+    def shadow(self, experiment: str, variant: str, result: ShadowResult) -> None:
+        pass
+
+    def set_events_pending(self, count: int) -> None:
+        pass
+
+    def events_written(self, count: int) -> None:
+        pass
+
+    def events_dropped(self, count: int) -> None:
+        pass
+
+    def store_error(self, operation: StoreOperation) -> None:
+        pass
+
+    def set_rollout_step(self, experiment: str, percent: float) -> None:
+        pass
+
+    def rollout_decision(self, experiment: str, decision: RolloutDecision) -> None:
+        pass
+
+    def set_config_stale(self, stale: bool) -> None:
+        pass
+
+    def config_in_force(self, experiment: Experiment, version: int) -> None:
+        pass
+
+    def experiment_retired(self, name: str) -> None:
+        pass
+
+
 class _InForce:
     """Passes the merged families of every worker through, less config-gauge series no longer in force."""
 

@@ -12,19 +12,23 @@ import redis.asyncio as redis
 import redis.exceptions as redis_errors
 from prometheus_client import CollectorRegistry
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 from router.config_sync import ConfigSync
 from router.errors import StoreUnavailable
 from router.live_config import LiveConfig
-from router.metrics import Metrics
+from router.metrics import Metrics, NullMetrics
 from router.proxy import UpstreamClient, open_upstream_client
 from router.settings import Settings
 from router.store.client import RedisClient
 from router.store.configs import ConfigStore
-from router.store.events import EventWriter
+from router.store.events import EventWriter, NullEventWriter
 from router.store.keys import Keys
+from router.store.srm import SrmLooks
 from router.store.stats import StatsStore
 from router.store.sticky import StickyStore
+from router.variants.batching import Batching
 from router.variants.registry import ModelCache
 
 
@@ -42,6 +46,7 @@ class Services:
     stats: StatsStore
     events: EventWriter
     sticky: StickyStore
+    srm: SrmLooks
 
     async def redis_problem(self) -> str | None:
         """None when Redis answers a PING in time, else what went wrong (for /readyz)."""
@@ -60,17 +65,24 @@ def connect_redis(settings: Settings) -> RedisClient:
     """
     if settings.redis_url is None:
         raise StoreUnavailable("no Redis URL: `abrouter serve` starts the embedded one, or set ABROUTER_REDIS_URL")
+    # A pooled connection from before a Redis restart fails on first use ("Connection closed by
+    # server"); one quick retry on a fresh connection hides that. Only connection errors are
+    # retried: a timeout may mean the command ran, and the writes are not all idempotent.
+    retry = Retry(ExponentialBackoff(cap=0.1, base=0.01), retries=2)
     if settings.redis_cluster:
         return RedisCluster.from_url(
             settings.redis_url,
             socket_timeout=settings.redis_timeout_s,
             socket_connect_timeout=settings.redis_timeout_s,
+            retry=retry,
         )
     return redis.Redis.from_url(
         settings.redis_url,
         socket_timeout=settings.redis_timeout_s,
         socket_connect_timeout=settings.redis_timeout_s,
         health_check_interval=30,
+        retry=retry,
+        retry_on_error=[redis_errors.ConnectionError],
     )
 
 
@@ -82,9 +94,12 @@ async def open_services(
 
     A model that fails to load stops start-up (`ModelLoadError`); a Redis that does not answer
     does not: the process starts unready and keeps trying. Without `metrics`, they go to a
-    registry of their own.
+    registry of their own. `events_enabled` and `metrics_enabled` off swap in writers that do nothing.
     """
-    metrics = metrics if metrics is not None else Metrics(CollectorRegistry())
+    if not settings.metrics_enabled:
+        metrics = NullMetrics()  # not even the app's: off means no recording at all
+    elif metrics is None:
+        metrics = Metrics(CollectorRegistry())
     client = connect_redis(settings)
     upstream = open_upstream_client(
         settings.upstream_client,
@@ -94,9 +109,15 @@ async def open_services(
     )
     keys = Keys(settings.redis_prefix)
     store = ConfigStore(client, keys=keys)
-    models = ModelCache()
+    batching = Batching(max_rows=settings.local_max_batch_rows, max_queue=settings.local_max_queue)
+    models = ModelCache(settings.models_dir, batching=batching if settings.local_batching else None)
     live = LiveConfig(store, client=upstream, models=models, metrics=metrics)
-    stats = StatsStore(client, keys=keys, stream_maxlen=settings.events_stream_maxlen)
+    stats = StatsStore(
+        client,
+        keys=keys,
+        stream_maxlen=settings.events_stream_maxlen,
+        pending_max_units=settings.events_pending_max_units,
+    )
     sticky = StickyStore(
         client,
         keys=keys,
@@ -104,7 +125,9 @@ async def open_services(
         cache_size=settings.sticky_cache_size,
         observer=metrics,
     )
-    events = EventWriter(
+    # Off (ABROUTER_EVENTS_ENABLED=false) means no work on the request path, not work thrown away later.
+    writer = EventWriter if settings.events_enabled else NullEventWriter
+    events = writer(
         stats,
         spill_dir=settings.spill_dir,
         buffer_size=settings.events_buffer_size,
@@ -134,6 +157,7 @@ async def open_services(
             stats=stats,
             events=events,
             sticky=sticky,
+            srm=SrmLooks(client, keys=keys),
         )
     finally:
         # Before the client closes: shutdown (SIGTERM) writes or spills every pending event.

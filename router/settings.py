@@ -14,7 +14,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: the libraries behind `router.proxy.UpstreamClient`
-UpstreamClientKind = Literal["httpx", "httpx2", "aiohttp"]
+UpstreamClientKind = Literal["httpx", "httpx2", "aiohttp", "httptools"]
 
 
 class Settings(BaseSettings):
@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     redis_timeout_s: float = Field(default=0.5, gt=0, description="socket timeout of every Redis command")
     data_dir: Path = Path(".abrouter")
     config_paths: list[Path] = Field(default_factory=list, description="files or directories applied at start-up")
+    models_dir: Path | None = Field(
+        default=None,
+        description="when set, local `model:` paths are taken under it and may not leave it (joblib files are pickles)",
+    )
 
     # Bearer tokens of the control plane; repr=False keeps them out of logs and tracebacks.
     admin_token: str | None = Field(default=None, repr=False, description="token of the actor `admin`")
@@ -42,7 +46,7 @@ class Settings(BaseSettings):
     config_refresh_s: float = Field(default=1.0, gt=0, description="how often the stored config versions are checked")
 
     upstream_client: UpstreamClientKind = Field(
-        default="aiohttp", description="HTTP client library of remote variants (docs/performance.md compares them)"
+        default="httptools", description="HTTP client of remote variants (docs/performance.md compares them)"
     )
     upstream_max_connections: int = Field(default=512, gt=0)
     upstream_keepalive_s: float = Field(default=30.0, gt=0)
@@ -53,11 +57,25 @@ class Settings(BaseSettings):
     events_batch_size: int = Field(default=500, gt=0, le=10_000, description="events per script call to Redis")
     events_flush_interval_s: float = Field(default=0.1, gt=0, description="longest wait before a short batch is sent")
     events_stream_maxlen: int = Field(default=1_000_000, gt=0, description="approximate length of each event stream")
+    events_pending_max_units: int = Field(
+        default=100_000, ge=0, description="units per experiment whose outcomes wait for their exposure"
+    )
     events_spill_dir: Path | None = Field(default=None, description="spill files; default DATA_DIR/spill")
     events_spill_max_bytes: int = Field(default=1 << 30, gt=0, description="size at which a spill file stops growing")
     events_write_timeout_s: float = Field(default=2.0, gt=0, description="deadline of one batch write")
     events_shutdown_timeout_s: float = Field(
         default=5.0, ge=0, description="how long shutdown tries Redis before spilling the queue"
+    )
+    events_enabled: bool = Field(
+        default=True, description="log exposures, call counts and outcomes to Redis (off: no analysis, no outcomes)"
+    )
+    metrics_enabled: bool = Field(default=True, description="keep Prometheus metrics and serve /metrics")
+    local_batching: bool = Field(
+        default=True, description="gather concurrent calls of one local model into one model call"
+    )
+    local_max_batch_rows: int = Field(default=256, gt=0, description="most rows of one batched local model call")
+    local_max_queue: int = Field(
+        default=1024, gt=0, description="calls waiting for one local model; past it they get 503 model_overloaded"
     )
     sticky_cache_size: int = Field(default=100_000, ge=0, description="units' first variants cached per process")
     sticky_timeout_s: float = Field(default=0.05, gt=0, description="deadline of a sticky lookup on the request path")

@@ -7,6 +7,8 @@ an HTTP entity tag (`ETag: "7"`), so `If-Match` is how a client says which versi
 
 from __future__ import annotations
 
+import asyncio
+import random
 from collections.abc import Callable
 from typing import Any, Final
 from urllib.parse import quote
@@ -21,13 +23,25 @@ from router.api.responses import JSONResponse
 from router.assignment.churn import moved_share, unit_moves
 from router.config.edits import ConfigPatch, Promotion, Rollback, validated, validated_experiment
 from router.config.schema import Experiment
-from router.errors import InvalidConfig, InvalidPayload, PreconditionRequired, VersionConflict
+from router.errors import (
+    InvalidConfig,
+    InvalidPayload,
+    ModelLoadError,
+    PreconditionRequired,
+    UnknownExperiment,
+    VersionConflict,
+)
 from router.services import Services
 from router.store.configs import ConfigStore, StoredExperiment
 
 # A PATCH without If-Match applies its change to whatever version is current; when another
-# editor wins the race in between, the change is re-applied to the new version this many times.
-EDIT_ATTEMPTS: Final = 3
+# editor wins the race in between, the change is re-applied to the new version, after a short
+# random pause so that racing editors spread out. The caller named no version, so a 412 would
+# leave it nothing to do: it gets one only when this many attempts all lose.
+EDIT_ATTEMPTS: Final = 64
+EDIT_JITTER_S: Final = 0.005
+#: a version is a Redis integer: longer tags can name no version (and int() of 5000 digits raises)
+MAX_VERSION_DIGITS: Final = 18
 
 
 def stored_json(stored: StoredExperiment) -> dict[str, Any]:
@@ -50,8 +64,8 @@ def stored_response(stored: StoredExperiment, *, status_code: int = 200) -> JSON
     return JSONResponse(stored_json(stored), status_code=status_code, headers=headers)
 
 
-def if_match(request: Request) -> int | None:
-    """The version named by `If-Match` (`"7"`, `W/"7"` or `7`); None when the header is absent.
+async def if_match(request: Request) -> int | None:
+    """The version named by `If-Match` (`"7"`, `W/"7"`, `7`, or `*`: the current one); None when absent.
 
     A tag that is not a version can match no version, which HTTP answers with 412.
     """
@@ -59,9 +73,16 @@ def if_match(request: Request) -> int | None:
     if raw is None:
         return None
     tag = raw.strip().removeprefix("W/")
+    if tag == "*":
+        try:
+            return (await _store(request).get(request.path_params["name"])).version
+        except UnknownExperiment:
+            raise VersionConflict(
+                "If-Match: * but the experiment does not exist", details=[{"if_match": raw}]
+            ) from None
     if len(tag) >= 2 and tag[0] == tag[-1] == '"':
         tag = tag[1:-1]
-    if tag.isascii() and tag.isdigit():
+    if tag.isascii() and tag.isdigit() and len(tag) <= MAX_VERSION_DIGITS:
         return int(tag)
     raise VersionConflict(
         f'If-Match {raw!r} names no version; send the ETag of GET /v1/experiments/{{name}}, e.g. "7"',
@@ -81,6 +102,20 @@ async def json_object(request: Request, *, empty: dict[str, Any] | None = None) 
     if not isinstance(data, dict):
         raise InvalidPayload(f"the request body must be a JSON object, got {type(data).__name__}")
     return data
+
+
+async def check_local_models(services: Services, experiment: Experiment) -> None:
+    """Load the config's local models before storing it: a model that cannot load is a 422 now,
+    not a version every replica refuses (and a restart that fails) later."""
+    problems = []
+    for i, variant in enumerate(experiment.variants):
+        if variant.model is not None:
+            try:
+                await services.models.load_async(variant.model)
+            except ModelLoadError as exc:
+                problems.append(f"variants[{i}].model: {exc.message}")
+    if problems:
+        raise InvalidConfig(f"experiment {experiment.name!r}: a local model cannot be loaded", details=problems)
 
 
 def _store(request: Request) -> ConfigStore:
@@ -120,6 +155,7 @@ async def edit(
         except VersionConflict:
             if expected is not None or attempt == EDIT_ATTEMPTS:
                 raise
+        await asyncio.sleep(random.uniform(0, EDIT_JITTER_S * min(attempt, 10)))
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
@@ -147,7 +183,8 @@ async def put_experiment(request: Request) -> Response:
             details=[f"name: must be the experiment of the URL {name!r}, got {data['name']!r}"],
         )
     experiment = validated_experiment(data)
-    expected = if_match(request)
+    await check_local_models(request.app.state.services, experiment)
+    expected = await if_match(request)
     store = _store(request)
     if expected is not None:
         return stored_response(await store.put(experiment, actor=actor_of(request), expected_version=expected))
@@ -167,7 +204,11 @@ async def patch_experiment(request: Request) -> Response:
     """Change weights, status, winner, coverage, shadow or forced units; `If-Match` honoured when sent."""
     patch = validated(ConfigPatch, await json_object(request))
     stored = await edit(
-        _store(request), request.path_params["name"], patch.apply, actor=actor_of(request), expected=if_match(request)
+        _store(request),
+        request.path_params["name"],
+        patch.apply,
+        actor=actor_of(request),
+        expected=await if_match(request),
     )
     return stored_response(stored)
 
@@ -200,7 +241,7 @@ async def promote_experiment(request: Request) -> Response:
         request.path_params["name"],
         promotion.apply,
         actor=actor_of(request),
-        expected=if_match(request),
+        expected=await if_match(request),
         note=f"promoted {promotion.variant}",
     )
     return stored_response(stored)
@@ -214,7 +255,7 @@ async def rollback_experiment(request: Request) -> Response:
         request.path_params["name"],
         actor=actor_of(request),
         to_version=rollback.to_version,
-        expected_version=if_match(request),
+        expected_version=await if_match(request),
     )
     return stored_response(stored)
 
@@ -231,7 +272,7 @@ async def experiment_history(request: Request) -> Response:
 async def archive_experiment(request: Request) -> Response:
     """Stop serving the experiment; its history and data are kept. `If-Match` honoured when sent."""
     stored = await _store(request).archive(
-        request.path_params["name"], actor=actor_of(request), expected_version=if_match(request)
+        request.path_params["name"], actor=actor_of(request), expected_version=await if_match(request)
     )
     return stored_response(stored)
 

@@ -27,13 +27,14 @@ async def readyz(request: Request) -> Response:
             reasons.append("serving the last config loaded")
     if services.live.stale:
         reasons.append(f"config may be stale: the last check against Redis failed: {services.live.store_error}")
-    reasons += [f"experiment {name}: newest {why}" for name, why in sorted(services.live.rejected.items())]
+    # a rejected new version is worth reporting, but the replica still serves the previous one: ready
+    warnings = [f"experiment {name}: newest {why}" for name, why in sorted(services.live.rejected.items())]
+    unready = not services.live.loaded or redis_problem is not None
     body = {
-        "status": "ready" if not reasons else "not_ready",
+        "status": "not_ready" if unready else "ready",
         "reasons": reasons,
+        "warnings": warnings,
         "config_stale": services.live.stale,
         "experiments": {name: services.live.get(name).version for name in services.live.names()},
     }
-    # a rejected new version is worth reporting but the replica still serves the previous one
-    unready = not services.live.loaded or redis_problem is not None
     return JSONResponse(body, status_code=503 if unready else 200)

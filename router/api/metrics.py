@@ -8,6 +8,7 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
+from router.errors import FeatureDisabled
 from router.metrics import multiprocess_dir, scrape_collector
 from router.services import Services
 
@@ -21,6 +22,8 @@ def render(collector: Collector, accept: str | None) -> tuple[bytes, str]:
 async def metrics(request: Request) -> Response:
     """Encoded in a worker thread: merging every worker's files must not stall prediction calls."""
     services: Services = request.app.state.services
+    if not services.settings.metrics_enabled:
+        raise FeatureDisabled("this gateway keeps no metrics: it runs with ABROUTER_METRICS_ENABLED=false")
     # built here, on the event loop, so it copies the config in force while nothing changes it
     collector = scrape_collector(services.metrics, multiprocess_dir())
     body, content_type = await anyio.to_thread.run_sync(render, collector, request.headers.get("accept"))

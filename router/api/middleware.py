@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from router.api.predict import experiment_in_path
 from router.api.responses import error_response
 from router.errors import PayloadTooLarge
 
@@ -44,3 +45,26 @@ class BodyLimitMiddleware:
 
     def _too_large(self) -> PayloadTooLarge:
         return PayloadTooLarge(f"request body over the limit of {self.max_bytes} bytes (ABROUTER_MAX_BODY_BYTES)")
+
+
+class PredictFastPath:
+    """Send `POST /v1/experiments/{name}/predict` straight to its endpoint; everything else goes on through Starlette.
+
+    Listed first, it runs right inside Starlette's outermost error middleware (a bug still gives a
+    logged 500) and before the body limit, the exception middleware and the router, none of which
+    the predict endpoint needs: it enforces the body limit and renders its errors itself. A request
+    under a `root_path` (a mounted app) takes the ordinary route, which serves the same endpoint.
+    """
+
+    def __init__(self, app: ASGIApp, *, endpoint: ASGIApp) -> None:
+        self.app = app
+        self.endpoint = endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            name = experiment_in_path(scope["path"])
+            if name is not None:
+                scope["path_params"] = {"name": name}
+                await self.endpoint(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -230,6 +230,166 @@ ADMIN_OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
     },
 }
 
+# --- reports (router.api.reports): admin auth too -------------------------------------------------------------------
+
+_MAYBE_NUMBER: Final = {"type": ["number", "null"]}
+_LATENCY_MS: Final = {
+    "type": "object",
+    "description": "interpolated from the latency histogram every replica writes to; null without calls",
+    "properties": {"p50": _MAYBE_NUMBER, "p95": _MAYBE_NUMBER, "p99": _MAYBE_NUMBER},
+    "required": ["p50", "p95", "p99"],
+}
+_SRM: Final = {
+    "type": "object",
+    "description": "the sample-ratio-mismatch check: when `passed` is false, no result of the report can be trusted",
+    "properties": {
+        "status": {"enum": ["ok", "insufficient_data"]},
+        "passed": {"type": "boolean", "description": "false only when the chi-square p-value is below `threshold`"},
+        "p_value": {**_MAYBE_NUMBER, "description": "Pearson chi-square against the configured weights"},
+        "threshold": {"type": "number"},
+        "chi_square": _MAYBE_NUMBER,
+        "df": {"type": ["integer", "null"]},
+        "sequential_p_value": {
+            **_MAYBE_NUMBER,
+            "description": "Optimizely's ssrm: the running minimum over every report since the weights last changed",
+        },
+        "expected_shares": {"type": "object", "additionalProperties": {"type": "number"}},
+        "units": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "message": {"type": "string"},
+    },
+    "required": ["status", "passed", "p_value", "sequential_p_value", "expected_shares", "units", "message"],
+}
+_VARIANT_REPORT: Final = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "control": {"type": "boolean"},
+        "weight": {"type": "number", "description": "normalised: the share of units the config asks for"},
+        "expected_share": {"type": "number"},
+        "observed_share": _MAYBE_NUMBER,
+        "units": {"type": "integer", "description": "exposed units: hashed or sticky assignments"},
+        "requests": {"type": "integer", "description": "every call assigned this variant, exposed or not"},
+        "errors": {"type": "integer", "description": "5xx answers and calls that fell back to control"},
+        "error_rate": _MAYBE_NUMBER,
+        "latency_ms": _LATENCY_MS,
+    },
+    "required": ["name", "control", "weight", "units", "requests", "errors", "error_rate", "latency_ms"],
+}
+_COMPARISON: Final = {
+    "type": "object",
+    "description": (
+        "a treatment against control; `ci_*`, `p_value`, `chance_to_beat_control`, `risk` and the sequential "
+        "numbers are about the relative lift, `absolute_*` about the difference of means; all null with "
+        "`status: insufficient_data`"
+    ),
+    "properties": {
+        "variant": {"type": "string"},
+        "status": {"enum": ["ok", "insufficient_data"]},
+        "reason": {"type": ["string", "null"], "description": "too_few_units, zero_variance, zero_control_mean, ..."},
+        "detail": {"type": ["string", "null"]},
+        **{
+            field: _MAYBE_NUMBER
+            for field in (
+                "absolute_effect",
+                "absolute_ci_low",
+                "absolute_ci_high",
+                "absolute_p_value",
+                "relative_lift",
+                "relative_se",
+                "ci_low",
+                "ci_high",
+                "p_value",
+                "p_value_holm",
+                "chance_to_beat_control",
+                "sequential_ci_low",
+                "sequential_ci_high",
+                "sequential_p_value",
+            )
+        },
+        "risk": {
+            "type": ["array", "null"],
+            "items": {"type": "number"},
+            "description": "[expected loss keeping control, expected loss shipping the variant]",
+        },
+    },
+    "required": ["variant", "status", "reason", "relative_lift", "ci_low", "ci_high", "p_value"],
+}
+_METRIC_REPORT: Final = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "kind": {"enum": ["binomial", "mean"]},
+        "control": {"type": "string"},
+        "arms": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "variant": {"type": "string"},
+                    "units": {"type": "integer"},
+                    "mean": _MAYBE_NUMBER,
+                    "variance": _MAYBE_NUMBER,
+                },
+                "required": ["variant", "units", "mean", "variance"],
+            },
+        },
+        "comparisons": {"type": "array", "items": _COMPARISON},
+    },
+    "required": ["name", "kind", "control", "arms", "comparisons"],
+}
+_REPORT: Final = {
+    "type": "object",
+    "description": "The experiment report (SPEC section 6); docs/statistics.md explains every number",
+    "properties": {
+        "experiment": {"type": "string"},
+        "description": {"type": "string"},
+        "status": {"type": "string"},
+        "config_version": {"type": "integer"},
+        "generated_at": {"type": "string", "format": "date-time"},
+        "alpha": {"type": "number"},
+        "total_units": {"type": "integer"},
+        "srm": _SRM,
+        "variants": {"type": "array", "items": _VARIANT_REPORT},
+        "metrics": {"type": "array", "items": _METRIC_REPORT},
+    },
+    "required": ["experiment", "config_version", "generated_at", "srm", "variants", "metrics"],
+}
+
+REPORT_OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
+    ("/v1/experiments/{name}/report", "get"): {
+        "summary": "The experiment report: sample-ratio check, operations per variant, every metric compared",
+        "description": (
+            "Built from the per-variant sufficient statistics in Redis, so it costs the same at any traffic. "
+            "Each call is a look of the sequential SRM test, whose running minimum is kept in Redis. "
+            "`format=html` gives one self-contained page (inline CSS and SVG charts, nothing fetched). "
+            "See docs/statistics.md."
+        ),
+        **_ADMIN,
+        "parameters": [
+            _NAME_PARAM,
+            {
+                "name": "format",
+                "in": "query",
+                "required": False,
+                "schema": {"enum": ["json", "html"], "default": "json"},
+            },
+        ],
+        "responses": {
+            "200": {
+                "description": "the report",
+                "headers": {
+                    "X-Config-Version": {"description": "the version reported on", "schema": {"type": "string"}}
+                },
+                "content": {
+                    "application/json": {"schema": _ref("Report")},
+                    "text/html": {"schema": {"type": "string"}},
+                },
+            },
+            **_errors(401, 404, 422, 503),
+        },
+    },
+}
+
 OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
     ("/v1/experiments/{name}/predict", "post"): {
         "summary": "Serve a prediction call with the variant assigned to the caller's unit",
@@ -250,7 +410,8 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
         "description": (
             f'One outcome `{{"unit", "metric", "value"}}` or `{{"outcomes": [...]}}` with up to {MAX_OUTCOMES}. '
             "The metric must be declared by the experiment and the value a finite number. `unattributed` counts "
-            "outcomes of units never exposed; when Redis cannot be asked in time, `unverified` counts those whose "
+            "outcomes of units not known to be exposed when the call is answered (attributed if the exposure is "
+            "written later); when Redis cannot be asked in time, `unverified` counts those whose "
             "attribution is decided when they are written. See docs/events.md."
         ),
         "parameters": [_NAME_PARAM],
@@ -292,6 +453,7 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
         },
     },
     **ADMIN_OPERATIONS,
+    **REPORT_OPERATIONS,
 }
 
 
@@ -320,6 +482,7 @@ def openapi_document() -> dict[str, Any]:
                 **schemas,
                 "StoredExperiment": _STORED_EXPERIMENT,
                 "Preview": _PREVIEW,
+                "Report": _REPORT,
                 **definitions,
             },
             "securitySchemes": {

@@ -1,80 +1,212 @@
-"""POST /v1/experiments/{name}/predict: assign the caller's unit a variant and serve the call with it."""
+"""POST /v1/experiments/{name}/predict: assign the caller's unit a variant and serve the call with it.
+
+The gateway's hot path, so it is a plain ASGI app rather than a Starlette endpoint (docs/performance.md
+has the profile behind this): the raw headers are decoded once, the body is forwarded as bytes and
+parsed only by a local variant or a `json:` unit, and the answer goes out as two ASGI messages.
+`PredictFastPath` (router/api/middleware.py) sends predict calls here ahead of Starlette's routing;
+the route table holds the same endpoint, so the rest of Starlette (405s, the OpenAPI walk) sees it too.
+"""
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
-import uuid
+from collections.abc import Sequence
 from typing import Final
 
-from starlette.requests import Request
-from starlette.responses import Response
+import orjson
+from starlette.types import Receive, Scope, Send
 
-from router.api.responses import error_response
 from router.api.units import unit_id_of
 from router.assignment.assign import Assignment, Reason, assign
-from router.errors import PredictionError, RouterError, UpstreamError
+from router.errors import ModelOverloaded, PayloadTooLarge, PredictionError, RouterError, UpstreamError
 from router.live_config import ActiveExperiment
 from router.metrics import NO_VARIANT, REJECTED, Metrics, UpstreamErrorKind
-from router.proxy import forwardable_headers
+from router.proxy import HOP_BY_HOP
 from router.services import Services
 from router.variants.base import PredictCall, VariantResponse
 
 MAX_REQUEST_ID_LENGTH: Final = 128
+JSON: Final = "application/json"
+PATH_PREFIX: Final = "/v1/experiments/"
+PATH_SUFFIX: Final = "/predict"
+
+RawHeaders = Sequence[tuple[bytes, bytes]]
+
+
+class ClientDisconnected(Exception):
+    """The caller went away before its body arrived: there is nobody to answer."""
+
+
+def experiment_in_path(path: str) -> str | None:
+    """The `{name}` of a predict path (one non-empty segment, like Starlette's `{name}`); None for other paths."""
+    if path.startswith(PATH_PREFIX) and path.endswith(PATH_SUFFIX):
+        name = path[len(PATH_PREFIX) : -len(PATH_SUFFIX)]
+        if name and "/" not in name:
+            return name
+    return None
+
+
+class RequestIds:
+    """New request ids, 32 hex digits like a uuid4's, without a system call each: a random prefix and a counter.
+
+    The 64-bit prefix is drawn per process (again in a forked child), so ids of different
+    processes and replicas differ; the counter makes those of one process differ.
+    """
+
+    def __init__(self) -> None:
+        self._reseed()
+        os.register_at_fork(after_in_child=self._reseed)
+
+    def _reseed(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._counter = itertools.count()
+
+    def new(self) -> str:
+        return f"{self._prefix}{next(self._counter) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+_request_ids: Final = RequestIds()
 
 
 def request_id_of(supplied: str | None) -> str:
     """The caller's `X-Request-Id` when it is a sane token, else a new one (ids end up in logs)."""
     if supplied and len(supplied) <= MAX_REQUEST_ID_LENGTH and supplied.isascii() and supplied.isprintable():
         return supplied
-    return uuid.uuid4().hex
+    return _request_ids.new()
 
 
-async def predict(request: Request) -> Response:
-    """Thin on purpose: parse, assign, call the variant (falling back to control), record, answer."""
-    started = time.perf_counter()
-    services: Services = request.app.state.services
-    active = services.live.get(request.path_params["name"])  # unknown experiments are not counted: no label
-    request_id = request_id_of(request.headers.get("x-request-id"))
-    headers = {
-        "X-Experiment": active.experiment.name,
-        "X-Config-Version": str(active.version),
-        "X-Request-Id": request_id,
-    }
-    variant, reason = NO_VARIANT, REJECTED
-    unit: str | None = None
-    assignment: Assignment | None = None
-    served: Assignment | None = None
-    response: Response
-    try:
-        forwarded = [(k, v) for k, v in forwardable_headers(request.headers.items()) if k.lower() != "x-request-id"]
+def read_headers(raw: RawHeaders) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """One pass over the ASGI headers: (name -> first value, the headers to forward upstream).
+
+    Forwarded are the end-to-end headers: not hop-by-hop ones, nor those named by `Connection`,
+    nor the caller's `X-Request-Id` (the call's own id is added in its place).
+    """
+    first: dict[str, str] = {}
+    forwarded: list[tuple[str, str]] = []
+    for name_bytes, value_bytes in raw:
+        name, value = name_bytes.decode("latin-1"), value_bytes.decode("latin-1")
+        if name not in first:
+            first[name] = value
+        if name not in HOP_BY_HOP and name != "x-request-id":
+            forwarded.append((name, value))
+    if "connection" in first:
+        named = {
+            token.strip().lower()
+            for name, value in ((n.decode("latin-1"), v.decode("latin-1")) for n, v in raw)
+            if name == "connection"
+            for token in value.split(",")
+        }
+        forwarded = [(name, value) for name, value in forwarded if name not in named]
+    return first, forwarded
+
+
+async def read_body(receive: Receive, max_bytes: int) -> bytes:
+    """The whole request body; `PayloadTooLarge` as soon as it passes `max_bytes` (a chunked body has no length)."""
+    chunks: list[bytes] = []
+    size = 0
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            raise too_large(max_bytes)
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def too_large(max_bytes: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"request body over the limit of {max_bytes} bytes (ABROUTER_MAX_BODY_BYTES)")
+
+
+def declared_too_large(headers: dict[str, str], max_bytes: int) -> bool:
+    """Whether `Content-Length` already says the body is over the limit, so it need not be read."""
+    length = headers.get("content-length")
+    return length is not None and length.isdigit() and int(length) > max_bytes
+
+
+async def respond(
+    send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes, content_type: str | None
+) -> None:
+    """Send the answer as Starlette's `Response` would: our headers, then length and content type."""
+    if status >= 200 and status not in (204, 304):
+        headers.append((b"content-length", str(len(body)).encode()))
+    if content_type is not None:
+        headers.append((b"content-type", content_type.encode("latin-1")))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def respond_error(send: Send, error: RouterError, headers: list[tuple[bytes, bytes]]) -> None:
+    await respond(send, error.status_code, headers, orjson.dumps(error.to_json()), JSON)
+
+
+class PredictEndpoint:
+    """The predict route as an ASGI app; it enforces `max_body_bytes` itself, as it skips the body-limit middleware."""
+
+    def __init__(self, *, max_body_bytes: int) -> None:
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Thin on purpose: read, assign, call the variant (falling back to control), record, answer."""
+        started = time.perf_counter()
+        services: Services = scope["app"].state.services
+        headers, forwarded = read_headers(scope["headers"])
+        try:
+            if declared_too_large(headers, self.max_body_bytes):
+                raise too_large(self.max_body_bytes)  # as the body-limit middleware: before reading, no headers
+            active = services.live.get(scope["path_params"]["name"])  # unknown experiments are not counted: no label
+        except RouterError as exc:
+            await respond_error(send, exc, [])
+            return
+        experiment = active.experiment
+        request_id = request_id_of(headers.get("x-request-id"))
         forwarded.append(("x-request-id", request_id))
-        call = PredictCall(body=await request.body(), headers=forwarded, request_id=request_id)
-        unit = unit_id_of(active.experiment.unit, headers=request.headers, query=request.query_params, call=call)
-        sticky = await services.sticky.lookup(active.experiment, unit)  # None when not sticky or Redis is away
-        assignment = assign(active.experiment, unit, override=request.headers.get("x-variant") or None, sticky=sticky)
-        variant, reason = assignment.variant, assignment.reason
-        headers["X-Variant"], headers["X-Assignment"] = variant, reason
-        answer, served = await call_with_fallback(active, assignment, call, services.metrics)
-    except RouterError as exc:
-        response = error_response(exc, headers=headers)
-    else:
-        variant, reason = served.variant, served.reason
-        headers["X-Variant"], headers["X-Assignment"] = variant, reason
-        response = Response(answer.body, status_code=answer.status, headers=headers, media_type=answer.content_type)
-    services.metrics.request(
-        active.experiment.name, variant, reason, response.status_code, time.perf_counter() - started
-    )
-    # Queued, never awaited: the exposure and the request, error and latency counts of the report.
-    services.events.record_call(
-        active.experiment,
-        active.version,
-        unit,
-        assignment,
-        served,
-        status=response.status_code,
-        elapsed_s=time.perf_counter() - started,
-    )
-    return response
+        answer_headers = [
+            (b"x-experiment", experiment.name.encode()),
+            (b"x-config-version", str(active.version).encode()),
+            (b"x-request-id", request_id.encode()),
+        ]
+        variant, reason = NO_VARIANT, REJECTED
+        unit: str | None = None
+        assignment: Assignment | None = None
+        served: Assignment | None = None
+        content_type: str | None
+        try:
+            call = PredictCall(
+                body=await read_body(receive, self.max_body_bytes), headers=forwarded, request_id=request_id
+            )
+            unit = unit_id_of(experiment.unit, headers=headers, query_string=scope["query_string"], call=call)
+            sticky = await services.sticky.lookup(experiment, unit)  # None when not sticky or Redis is away
+            assignment = assign(experiment, unit, override=headers.get("x-variant") or None, sticky=sticky)
+            variant, reason = assignment.variant, assignment.reason
+            answer, served = await call_with_fallback(active, assignment, call, services.metrics)
+        except ClientDisconnected:
+            return
+        except RouterError as exc:
+            status, body, content_type = exc.status_code, orjson.dumps(exc.to_json()), JSON
+        else:
+            variant, reason = served.variant, served.reason
+            status, body, content_type = answer.status, answer.body, answer.content_type
+        if assignment is not None:
+            answer_headers += [(b"x-variant", variant.encode()), (b"x-assignment", reason.encode())]
+        services.metrics.request(experiment.name, variant, reason, status, time.perf_counter() - started)
+        # Queued, never awaited: the exposure and the request, error and latency counts of the report.
+        services.events.record_call(
+            experiment,
+            active.version,
+            unit,
+            assignment,
+            served,
+            status=status,
+            elapsed_s=time.perf_counter() - started,
+        )
+        await respond(send, status, answer_headers, body, content_type)
 
 
 async def call_with_fallback(
@@ -82,14 +214,14 @@ async def call_with_fallback(
 ) -> tuple[VariantResponse, Assignment]:
     """Serve the call with the assigned variant; if it fails and the experiment allows, with control.
 
-    Failures are timeouts, unreachable upstreams, 5xx answers and local models that raise;
-    a caller's bad input (4xx) is never retried on control.
+    Failures are timeouts, unreachable upstreams, 5xx answers and local models that raise or are
+    overloaded; a caller's bad input (4xx) is never retried on control.
     """
     experiment = active.experiment
     failure: RouterError | None = None
     try:
         answer = await call_variant(active, assignment.variant, call, metrics)
-    except (UpstreamError, PredictionError) as exc:
+    except (UpstreamError, PredictionError, ModelOverloaded) as exc:
         failure = exc
     else:
         if not answer.failed:
@@ -115,7 +247,7 @@ async def call_variant(active: ActiveExperiment, variant: str, call: PredictCall
     except UpstreamError as exc:
         error = UpstreamErrorKind(exc.kind)
         raise
-    except PredictionError:
+    except (PredictionError, ModelOverloaded):
         error = UpstreamErrorKind.MODEL
         raise
     finally:

@@ -6,6 +6,7 @@ import functools
 from collections.abc import Mapping
 from http.cookies import CookieError, SimpleCookie
 from typing import Any, Final
+from urllib.parse import parse_qsl
 
 from router.variants.base import PredictCall
 
@@ -19,14 +20,17 @@ def parse_unit_source(unit: str) -> tuple[str, str]:
     return source, key.lower() if source == "header" else key
 
 
-def unit_id_of(unit: str, *, headers: Mapping[str, str], query: Mapping[str, str], call: PredictCall) -> str | None:
-    """The unit id of one call, or None when the call carries none (empty or absurdly long ids count as none)."""
+def unit_id_of(unit: str, *, headers: Mapping[str, str], query_string: bytes, call: PredictCall) -> str | None:
+    """The unit id of one call, or None when the call carries none (empty or absurdly long ids count as none).
+
+    `headers` maps lower-case names to their first value; the query string is parsed only for `query:` units.
+    """
     source, key = parse_unit_source(unit)
     value: Any
     if source == "header":
         value = headers.get(key)
     elif source == "query":
-        value = query.get(key)
+        value = _query(query_string, key)
     elif source == "cookie":
         value = _cookie(headers.get("cookie"), key)
     else:
@@ -35,6 +39,11 @@ def unit_id_of(unit: str, *, headers: Mapping[str, str], query: Mapping[str, str
         return None
     text = str(value).strip()
     return text if 0 < len(text) <= MAX_UNIT_ID_LENGTH else None
+
+
+def _query(query_string: bytes, name: str) -> str | None:
+    # As Starlette reads query parameters: latin-1 bytes, blank values kept, the last of repeated names wins.
+    return dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)).get(name)
 
 
 def _cookie(header: str | None, name: str) -> str | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
 from router.config.loader import describe_validation_error
 from router.config.schema import Experiment, FieldProblems, Name, Shadow, Status
@@ -80,7 +80,7 @@ class Promotion(_Body):
 class Rollback(_Body):
     """The body of rollback: the version whose config comes back (default: the one before the current)."""
 
-    to_version: int | None = Field(default=None, ge=1)
+    to_version: StrictInt | None = Field(default=None, ge=1)  # strict: `true` is not version 1
 
 
 def validated_experiment(data: Any) -> Experiment:

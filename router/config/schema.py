@@ -8,12 +8,16 @@ rejected with every problem named.
 from __future__ import annotations
 
 import itertools
+import math
+import urllib.parse
 from enum import StrEnum
 from typing import Annotated, Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 NAME_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+#: weights are relative; a cap keeps their sum finite (1e308 + 1e308 would overflow the ranges)
+MAX_WEIGHT_SUM: Final = 1e12
 UNIT_SOURCES: Final = ("header", "cookie", "query", "json")
 OPERATIONAL_GATE_METRICS: Final = frozenset({"error_rate", "latency_p50", "latency_p95", "latency_p99"})
 
@@ -60,9 +64,21 @@ class Variant(_Model):
     @field_validator("url")
     @classmethod
     def _url_is_http(cls, url: str | None) -> str | None:
-        if url is not None and not url.startswith(("http://", "https://")):
-            raise ValueError(f"must be an http:// or https:// URL, got {url!r}")
+        if url is None:
+            return None
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an http:// or https:// URL with a host, got {url!r}")
+        if not url.isprintable() or " " in url:
+            raise ValueError(f"must not contain spaces or control characters, got {url!r}")
         return url
+
+    @field_validator("model")
+    @classmethod
+    def _model_is_a_path(cls, model: str | None) -> str | None:
+        if model is not None and (not model.strip() or not model.isprintable()):
+            raise ValueError(f"must be the path of a joblib file, got {model!r}")
+        return model
 
     @model_validator(mode="after")
     def _exactly_one_target(self) -> Self:
@@ -190,8 +206,11 @@ class Experiment(_Model):
             problems.append(("variants", f"variant names must be unique, repeated: {', '.join(duplicates)}"))
         if self.control not in known:
             problems.append(("control", f"{self.control!r} is not one of the variants {names}"))
-        if sum(v.weight for v in self.variants) <= 0:
+        total = sum(v.weight for v in self.variants)  # plain sum: inf on overflow where fsum raises
+        if total <= 0:
             problems.append(("variants", "weights must have a positive sum"))
+        elif not math.isfinite(total) or total > MAX_WEIGHT_SUM:
+            problems.append(("variants", f"weights must sum to at most {MAX_WEIGHT_SUM:g}, got {total:g}"))
         if self.status is Status.CONCLUDED and self.winner is None:
             problems.append(("winner", "is required when status is concluded"))
         if self.winner is not None and self.winner not in known:

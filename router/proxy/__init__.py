@@ -1,6 +1,6 @@
 """The seam to remote model servers: one shared, pooled async HTTP client per process.
 
-`UpstreamClient` is the interface; three implementations sit behind it, chosen by
+`UpstreamClient` is the interface; four implementations sit behind it, chosen by
 `ABROUTER_UPSTREAM_CLIENT` (docs/performance.md has the measurements behind the default).
 Each translates its library's exceptions in its own module: a timeout becomes `UpstreamTimeout`,
 a refused, reset or broken connection `UpstreamUnavailable`. Tests pass an httpx `transport=`
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import httpx
 
+from router.errors import RouterError
 from router.proxy.base import HOP_BY_HOP, UpstreamClient, UpstreamResponse, forwardable_headers
 from router.settings import UpstreamClientKind
 
@@ -34,9 +35,17 @@ def open_upstream_client(
 
         return HttpxUpstreamClient(transport=transport, max_connections=max_connections, keepalive_s=keepalive_s)
     if kind == "httpx2":
-        from router.proxy.httpx2_client import Httpx2UpstreamClient
+        from router.proxy.httpx_client import HttpxUpstreamClient
 
-        return Httpx2UpstreamClient(max_connections=max_connections, keepalive_s=keepalive_s)
+        try:
+            import httpx2
+        except ModuleNotFoundError:
+            raise RouterError("ABROUTER_UPSTREAM_CLIENT=httpx2 needs the httpx2 package: pip install httpx2") from None
+        return HttpxUpstreamClient(library=httpx2, max_connections=max_connections, keepalive_s=keepalive_s)
+    if kind == "httptools":
+        from router.proxy.httptools_client import HttptoolsUpstreamClient
+
+        return HttptoolsUpstreamClient(max_connections=max_connections, keepalive_s=keepalive_s)
     from router.proxy.aiohttp_client import AiohttpUpstreamClient
 
     return AiohttpUpstreamClient(max_connections=max_connections, keepalive_s=keepalive_s)

@@ -1,10 +1,15 @@
-"""`UpstreamClient` on httpx: the one module where httpx exceptions are translated."""
+"""`UpstreamClient` on httpx, or on httpx2 (Pydantic's continuation of httpx, the same API).
+
+The one module where their exceptions are translated.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Iterable
+from types import ModuleType
+from typing import Any
 
 import httpx
 
@@ -13,7 +18,10 @@ from router.proxy.base import UpstreamResponse
 
 
 class HttpxUpstreamClient:
-    """One shared `httpx.AsyncClient` over HTTP/1.1; tests may pass `transport=httpx.ASGITransport(app=...)`."""
+    """One shared `AsyncClient` over HTTP/1.1; tests may pass `transport=httpx.ASGITransport(app=...)`.
+
+    `library` is the `httpx` module (default) or `httpx2`, whose API is the same.
+    """
 
     def __init__(
         self,
@@ -21,14 +29,16 @@ class HttpxUpstreamClient:
         transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 512,
         keepalive_s: float = 30.0,
+        library: ModuleType = httpx,
     ) -> None:
-        limits = httpx.Limits(
+        self._library = library
+        limits = library.Limits(
             max_connections=max_connections,
             max_keepalive_connections=max_connections,
             keepalive_expiry=keepalive_s,
         )
         # Redirects are not followed and cookies not kept: a gateway forwards, it does not browse.
-        self._client = httpx.AsyncClient(
+        self._client: Any = library.AsyncClient(
             transport=transport, limits=limits, http1=True, http2=False, follow_redirects=False, trust_env=False
         )
         # httpx adds Accept, Accept-Encoding, Connection and User-Agent of its own; the upstream
@@ -36,7 +46,7 @@ class HttpxUpstreamClient:
         # make the upstream compress bodies we then have to decode).
         for name in list(self._client.headers):
             del self._client.headers[name]
-        self._timeouts: dict[float, httpx.Timeout] = {}
+        self._timeouts: dict[float, Any] = {}
 
     async def post(
         self, url: str, *, body: bytes, headers: Iterable[tuple[str, str]], timeout_s: float
@@ -45,14 +55,14 @@ class HttpxUpstreamClient:
         started = time.perf_counter()
         timeout = self._timeouts.get(timeout_s)
         if timeout is None:  # one per distinct variant timeout, so a handful at most
-            timeout = self._timeouts.setdefault(timeout_s, httpx.Timeout(timeout_s))
+            timeout = self._timeouts.setdefault(timeout_s, self._library.Timeout(timeout_s))
         try:
             # httpx's timeouts bound each phase; this bounds the whole exchange
             async with asyncio.timeout(timeout_s):
                 response = await self._client.post(url, content=body, headers=list(headers), timeout=timeout)
-        except (TimeoutError, httpx.TimeoutException):
+        except (TimeoutError, self._library.TimeoutException):
             raise UpstreamTimeout(f"{url} did not answer within {timeout_s:g} s") from None
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        except (self._library.HTTPError, self._library.InvalidURL) as exc:
             raise UpstreamUnavailable(f"{url}: {type(exc).__name__}: {exc or 'connection failed'}") from None
         return UpstreamResponse(
             status=response.status_code,

@@ -16,8 +16,9 @@ a writer claims the files of processes that are gone and replays them.
 Nothing is counted twice: every event carries its writer id and a sequence number, and the
 script skips events at or below the last sequence it applied for that writer, so a batch that
 timed out after Redis applied it, or a spill file replayed after a crash half way, is harmless.
-Events are dropped only when both the buffer and the spill file are full or the disk fails;
-`dropped` counts them and the target is zero.
+Events are dropped only when both the buffer and the spill file are full, the disk fails, or a
+call is recorded after `close()` (outcomes are refused then instead); `dropped` counts them and
+the target is zero.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import orjson
 
 from router.assignment.assign import Assignment, Reason
 from router.config.schema import Experiment
-from router.errors import StoreUnavailable
+from router.errors import FeatureDisabled, StoreUnavailable
 from router.store.stats import (
     ARGUMENTS,
     LATENCY_BUCKETS_MS,
@@ -274,7 +275,8 @@ class EventWriter:
         self.spill_errors = 0  # the spill file could not be written or read (disk full, permissions)
         self.exposures: Counter[tuple[str, str]] = Counter()  # (experiment, variant): first exposures written
         self.outcomes: Counter[tuple[str, str, str]] = Counter()  # (experiment, variant, metric): attributed
-        self.unattributed: Counter[tuple[str, str]] = Counter()  # (experiment, metric): unit never exposed
+        # (experiment, metric): unit not exposed when written; an exposure claiming them later counts them in `outcomes`
+        self.unattributed: Counter[tuple[str, str]] = Counter()
         self._seq = itertools.count(1)
         self._memory: deque[Event] = deque()
         self._spill: SpillFile | None = None
@@ -288,6 +290,7 @@ class EventWriter:
         self._closed = False
         self._failing_since: float | None = None
         self._last_drop_log = 0.0
+        self._dropped_after_close = False
 
     @property
     def pending(self) -> int:
@@ -324,7 +327,10 @@ class EventWriter:
         and sticky assignments expose; this process remembers units it exposed so their later
         calls cost no event (Redis keeps the first exposure anyway).
         """
-        if assigned is None or self._closed:
+        if assigned is None:
+            return
+        if self._closed:
+            self._drop_after_close(experiment.name, unit, assigned)
             return
         name, variant = experiment.name, assigned.variant
         tally = self._tallies.get((name, variant))
@@ -361,8 +367,16 @@ class EventWriter:
         )
 
     def record_outcomes(self, experiment: Experiment, outcomes: Iterable[tuple[str, str, float]]) -> None:
-        """Queue (unit, metric, value) outcomes of declared metrics; `StoreUnavailable` if they cannot be kept."""
+        """Queue (unit, metric, value) outcomes of declared metrics; `StoreUnavailable` if they cannot be kept.
+
+        Refused rather than dropped, so the caller retries: after `close()` too, when nothing queued would be kept.
+        """
         batch = list(outcomes)
+        if self._closed:
+            raise StoreUnavailable(
+                f"outcomes of experiment {experiment.name!r} cannot be kept: this gateway process is shutting down; "
+                "retry (another replica, or this one once restarted)"
+            )
         if not self.accepting(len(batch)):
             raise StoreUnavailable(
                 f"the event buffer ({self._buffer_size} events) and spill file are full; retry later",
@@ -471,6 +485,21 @@ class EventWriter:
         if now - self._last_drop_log >= _DROP_LOG_EVERY_S:
             self._last_drop_log = now
             log.error("events dropped (%d so far): %s", self.dropped, why)
+
+    def _drop_after_close(self, experiment: str, unit: str | None, assigned: Assignment) -> None:
+        """A call served after `close()` (past the shutdown grace): its count, and its exposure if new, are lost."""
+        exposure = unit is not None and assigned.exposed and (experiment, unit) not in self._seen
+        count = 1 + int(exposure)
+        self.dropped += count
+        if self._observer is not None:
+            self._observer.events_dropped(count)
+        if not self._dropped_after_close:
+            self._dropped_after_close = True
+            log.error(
+                "a call of experiment %r was served after the event writer closed: its events are dropped "
+                "(and counted in abrouter_events_dropped_total); this is logged once",
+                experiment,
+            )
 
     def _enqueue_tallies(self) -> None:
         tallies, self._tallies = self._tallies, {}
@@ -661,14 +690,17 @@ class EventWriter:
         outcomes: Counter[tuple[str, str]] = Counter()
         for event, result in zip(events, results, strict=True):
             if event.kind is EventKind.EXPOSURE:
-                if result == "new":
+                if result.startswith("new"):
                     exposures[event.args[1]] += 1
+                    # outcomes that reached Redis before this exposure, parked there until now
+                    for metric, count in orjson.loads(result[3:] or "{}").items():
+                        outcomes[(event.args[1], metric)] += int(count)
                 elif result.startswith("old:") and self._on_first_variant is not None:
                     self._on_first_variant(experiment, event.args[0], result.removeprefix("old:"))
             elif event.kind is EventKind.OUTCOME:
                 if result.startswith("att:"):
                     outcomes[(result.removeprefix("att:"), event.args[1])] += 1
-                elif result == "un":
+                elif result in ("park", "un"):
                     self.unattributed[(experiment, event.args[1])] += 1
         self.written += len(events)
         for variant, count in exposures.items():
@@ -681,6 +713,45 @@ class EventWriter:
                 self._observer.exposure(experiment, variant, count)
             for (variant, metric), count in outcomes.items():
                 self._observer.outcomes(experiment, variant, metric, count)
+
+
+class NullEventWriter(EventWriter):
+    """`ABROUTER_EVENTS_ENABLED=false`: the writer's interface, with nothing recorded, queued or written.
+
+    Outcomes are refused (`FeatureDisabled`) rather than silently lost. Spill files that other
+    processes left are not touched: a gateway with event logging on replays them.
+    """
+
+    async def start(self) -> None:
+        """No background task and no spill files claimed."""
+
+    def record_call(
+        self,
+        experiment: Experiment,
+        version: int,
+        unit: str | None,
+        assigned: Assignment | None,
+        served: Assignment | None,
+        *,
+        status: int,
+        elapsed_s: float,
+    ) -> None:
+        pass
+
+    def record_outcomes(self, experiment: Experiment, outcomes: Iterable[tuple[str, str, float]]) -> None:
+        raise FeatureDisabled(
+            f"outcomes of experiment {experiment.name!r} cannot be kept: this gateway runs with event logging off "
+            "(ABROUTER_EVENTS_ENABLED=false)"
+        )
+
+    def accepting(self, count: int = 1) -> bool:
+        return False
+
+    async def drain(self, timeout_s: float, *, failing_grace_s: float | None = None) -> bool:
+        return True
+
+    async def close(self) -> None:
+        self._closed = True
 
 
 def _report_death(task: asyncio.Task[None]) -> None:

@@ -22,10 +22,21 @@ key                            type         holds
                                             figure (``VARIANT:units``, ``VARIANT:requests``,
                                             ``VARIANT:errors``, ``VARIANT:latency:BUCKET``,
                                             ``VARIANT:metric:METRIC:sum|sum_squares|outcomes``,
-                                            ``*:unattributed:METRIC``); see ``store/stats.py``
+                                            ``*:unattributed:METRIC``, ``*:overflow:METRIC``); see
+                                            ``store/stats.py``
 ``abr:{NAME}:values``          hash         ``METRIC:UNIT`` -> the unit's total so far (binomial: 1)
+``abr:{NAME}:pending``         hash         unit id -> its outcomes written before its exposure (JSON:
+                                            metric -> [kind, total, count]), claimed by the unit's
+                                            first exposure; holds at most
+                                            ``ABROUTER_EVENTS_PENDING_MAX_UNITS`` units
+``abr:{NAME}:pending-since``   sorted set   the units of ``pending`` by when they were parked, so
+                                            the oldest are given up first when it is full
 ``abr:{NAME}:writers``         hash         event writer id -> last event sequence applied, so a
                                             retried or replayed batch is applied once
+``abr:{NAME}:srm``             hash         the sequential SRM test's running minimum across report
+                                            looks: ``weights`` (the shares it is for), ``p_value``,
+                                            ``looks``, ``since_version``, ``updated_at_ms``; see
+                                            ``store/srm.py``
 =============================  ===========  ====================================================
 """
 
@@ -78,9 +89,21 @@ class Keys:
         """The hash of per-unit metric totals, kept so a unit's change updates the sums of squares."""
         return self._experiment(name, "values")
 
+    def pending(self, name: str) -> str:
+        """The hash of outcomes waiting for their unit's exposure, which may come from another process."""
+        return self._experiment(name, "pending")
+
+    def pending_since(self, name: str) -> str:
+        """The sorted set of parked units by time parked: the oldest go first when `pending` is full."""
+        return self._experiment(name, "pending-since")
+
     def writers(self, name: str) -> str:
         """The hash of the last event sequence applied per writer: what makes retries idempotent."""
         return self._experiment(name, "writers")
+
+    def srm(self, name: str) -> str:
+        """The hash keeping the sequential SRM p-value's running minimum, so it holds across report looks."""
+        return self._experiment(name, "srm")
 
     def config_channel(self) -> str:
         """The pub/sub channel that tells every replica a config changed."""

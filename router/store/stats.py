@@ -10,6 +10,13 @@ units without outcomes count as 0 without being stored.
 One Lua script applies a batch of one experiment's events atomically. It touches only that
 experiment's keys (one cluster slot), and it skips events whose sequence number the writer has
 already had applied, so a batch retried after a timeout or replayed from a spill file counts once.
+
+Each process (worker, replica) has its own queue, so a unit's outcome can reach Redis before its
+exposure does (another worker's batch, another writer's backoff, a spill file replayed later).
+Such an outcome is counted unattributed and *parked* in the experiment's pending hash; the unit's
+first exposure claims it into the variant's sums and takes it off the unattributed count. Parking
+is bounded: past `pending_max_units` units the ones parked longest ago are given up (`overflow`),
+and their outcomes stay unattributed even if the unit is exposed later.
 """
 
 from __future__ import annotations
@@ -37,8 +44,12 @@ LATENCY_BUCKETS_MS: Final[tuple[float, ...]] = (
     6000, 8000, 10000, 15000, 20000, 30000, 60000,
 )  # fmt: skip
 
-#: The field of the stats hash counting outcomes of units never exposed, per metric (`*` is no variant name).
+#: The field of the stats hash counting outcomes of units not exposed (so far), per metric (`*` is no variant name).
 UNATTRIBUTED: Final = "*:unattributed:"
+#: The field counting unattributed outcomes given up when the pending hash was full: never attributed.
+OVERFLOW: Final = "*:overflow:"
+#: Units whose outcomes wait for their exposure, per experiment, by default (a few hundred bytes each).
+PENDING_MAX_UNITS: Final = 100_000
 
 
 class EventKind(StrEnum):
@@ -100,15 +111,19 @@ def latency_bucket(latency_ms: float) -> int:
     return bisect.bisect_left(LATENCY_BUCKETS_MS, latency_ms)
 
 
-# KEYS: exposed hash, stats hash, values hash, events stream, writers hash.
-# ARGV: writer id, stream max length, the events as one JSON array of [kind, sequence, arguments...]
-# (one argument, not thousands: packing each string separately costs the gateway more than the write).
-# Returns one string per event: 'dup' (already applied), 'new' / 'old:VARIANT' (exposure: first or
-# repeated, with the variant of the first), 'att:VARIANT' / 'un' (outcome attributed or not), 'ok'.
+# KEYS: exposed hash, stats hash, values hash, events stream, writers hash, pending hash, pending-since sorted set.
+# ARGV: writer id, stream max length, most units with parked outcomes, the events as one JSON array of
+# [kind, sequence, arguments...] (one argument, not thousands: packing each string separately costs the
+# gateway more than the write).
+# Returns one string per event: 'dup' (already applied); for an exposure 'new' (first; followed by a JSON
+# object metric -> count when it claimed parked outcomes) or 'old:VARIANT' (repeated, with the variant of
+# the first); for an outcome 'att:VARIANT' (attributed), 'park' (its unit is not exposed yet: parked) or
+# 'un' (not exposed and not parked: parking is off); 'ok' for call counts.
 _APPLY_EVENTS: Final = """
-local exposed, stats, values, stream, writers = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local writer, maxlen = ARGV[1], ARGV[2]
-local events = cjson.decode(ARGV[3])
+local exposed, stats, values, stream, writers, pending, since = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6],
+  KEYS[7]
+local writer, maxlen, cap = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local events = cjson.decode(ARGV[4])
 local widths = {e = 7, o = 5, c = 4}
 -- Validate first: a script that fails half way leaves its first writes in place.
 for n, e in ipairs(events) do
@@ -120,6 +135,77 @@ end
 local function add(field, amount)
   local total = (tonumber(redis.call('HGET', stats, field)) or 0) + amount
   redis.call('HSET', stats, field, string.format('%.17g', total))
+end
+-- `count` outcomes of `unit` adding up to `total` (binomial: 1 if any converted) join `variant`'s sums.
+local function attribute(variant, unit, metric, kind, total, count)
+  local prefix = variant .. ':metric:' .. metric .. ':'
+  local field = metric .. ':' .. unit
+  if kind == 'binomial' then
+    -- a unit converts once: later conversions change neither its value nor the sums
+    if total ~= 0 and redis.call('HSETNX', values, field, '1') == 1 then
+      add(prefix .. 'sum', 1)
+      add(prefix .. 'sum_squares', 1)
+    end
+  else
+    local before = tonumber(redis.call('HGET', values, field)) or 0
+    local after = before + total
+    redis.call('HSET', values, field, string.format('%.17g', after))
+    add(prefix .. 'sum', total)
+    add(prefix .. 'sum_squares', after * after - before * before)
+  end
+  redis.call('HINCRBY', stats, prefix .. 'outcomes', count)
+end
+-- A parked unit's entry: metric -> {kind, total as %.17g (cjson keeps only 14 digits of numbers), count}.
+local function parked(unit)
+  local entry = redis.call('HGET', pending, unit)
+  if entry then return cjson.decode(entry) end
+  return nil
+end
+local function unpark(unit)
+  redis.call('HDEL', pending, unit)
+  redis.call('ZREM', since, unit)
+end
+local now = nil
+local function park(unit, metric, kind, v)
+  local entry = parked(unit)
+  if entry == nil then
+    -- Full: give up the units parked longest ago; their outcomes stay unattributed for good.
+    while redis.call('ZCARD', since) >= cap do
+      local oldest = redis.call('ZRANGE', since, 0, 0)[1]
+      for old_metric, slot in pairs(parked(oldest) or {}) do
+        redis.call('HINCRBY', stats, '*:overflow:' .. old_metric, slot[3])
+      end
+      unpark(oldest)
+    end
+    if now == nil then
+      local time = redis.call('TIME')
+      now = tonumber(time[1]) + tonumber(time[2]) / 1e6
+    end
+    redis.call('ZADD', since, now, unit)
+    entry = {}
+  end
+  local slot = entry[metric] or {kind, '0', 0}
+  local total = tonumber(slot[2])
+  if slot[1] == 'binomial' then
+    if v ~= 0 then total = 1 end
+  else
+    total = total + v
+  end
+  entry[metric] = {slot[1], string.format('%.17g', total), slot[3] + 1}
+  redis.call('HSET', pending, unit, cjson.encode(entry))
+end
+-- A unit's first exposure takes the outcomes parked for it: they were counted unattributed until now.
+local function claim(unit, variant)
+  local entry = parked(unit)
+  if entry == nil then return nil end
+  unpark(unit)
+  local claimed = {}
+  for metric, slot in pairs(entry) do
+    attribute(variant, unit, metric, slot[1], tonumber(slot[2]), slot[3])
+    redis.call('HINCRBY', stats, '*:unattributed:' .. metric, -slot[3])
+    claimed[metric] = slot[3]
+  end
+  return claimed
 end
 local last = tonumber(redis.call('HGET', writers, writer)) or 0
 local results = {}
@@ -134,7 +220,9 @@ for _, e in ipairs(events) do
       redis.call('HINCRBY', stats, variant .. ':units', 1)
       redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'type', 'exposure', 'unit', unit, 'variant', variant,
                  'version', e[5], 'reason', e[6], 'at_ms', e[7], 'status', e[8], 'latency_ms', e[9])
+      local claimed = claim(unit, variant)
       result = 'new'
+      if claimed then result = 'new' .. cjson.encode(claimed) end
     else
       result = 'old:' .. redis.call('HGET', exposed, unit)
     end
@@ -142,28 +230,19 @@ for _, e in ipairs(events) do
     local unit, metric, metric_kind, value = e[3], e[4], e[5], e[6]
     local variant = redis.call('HGET', exposed, unit)
     if variant then
-      local prefix = variant .. ':metric:' .. metric .. ':'
-      local field = metric .. ':' .. unit
-      local v = tonumber(value)
-      if metric_kind == 'binomial' then
-        -- a unit converts once: later conversions change neither its value nor the sums
-        if v ~= 0 and redis.call('HSETNX', values, field, '1') == 1 then
-          add(prefix .. 'sum', 1)
-          add(prefix .. 'sum_squares', 1)
-        end
-      else
-        local before = tonumber(redis.call('HGET', values, field)) or 0
-        local after = before + v
-        redis.call('HSET', values, field, string.format('%.17g', after))
-        add(prefix .. 'sum', v)
-        add(prefix .. 'sum_squares', after * after - before * before)
-      end
-      redis.call('HINCRBY', stats, prefix .. 'outcomes', 1)
+      attribute(variant, unit, metric, metric_kind, tonumber(value), 1)
       result = 'att:' .. variant
     else
+      -- Not exposed yet: its exposure may still be on its way from another process or a spill file.
       variant = ''
       redis.call('HINCRBY', stats, '*:unattributed:' .. metric, 1)
-      result = 'un'
+      if cap > 0 then
+        park(unit, metric, metric_kind, tonumber(value))
+        result = 'park'
+      else
+        redis.call('HINCRBY', stats, '*:overflow:' .. metric, 1)
+        result = 'un'
+      end
     end
     redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'type', 'outcome', 'unit', unit, 'metric', metric,
                'value', value, 'variant', variant, 'at_ms', e[7])
@@ -219,7 +298,8 @@ class ExperimentStats:
 
     experiment: str
     variants: Mapping[str, VariantStats]
-    unattributed: Mapping[str, int]  # metric -> outcomes of units never exposed
+    unattributed: Mapping[str, int]  # metric -> outcomes of units not exposed so far (parked ones included)
+    overflow: Mapping[str, int] = field(default_factory=dict)  # metric -> of those, given up: never attributed
 
     def variant(self, name: str) -> VariantStats:
         """The stats of `name`, zeros when nothing was recorded for it yet."""
@@ -253,10 +333,13 @@ def latency_quantile(counts: Sequence[int], quantile: float) -> float | None:
 class StatsStore:
     """Applies batches of events to an experiment's statistics and reads them back."""
 
-    def __init__(self, redis: RedisClient, *, keys: Keys, stream_maxlen: int) -> None:
+    def __init__(
+        self, redis: RedisClient, *, keys: Keys, stream_maxlen: int, pending_max_units: int = PENDING_MAX_UNITS
+    ) -> None:
         self._redis = redis
         self._keys = keys
         self._stream_maxlen = str(stream_maxlen)
+        self._pending_max_units = str(pending_max_units)
         self._apply = redis.register_script(_APPLY_EVENTS)
 
     async def apply(self, experiment: str, writer: str, events: Sequence[Event]) -> list[str]:
@@ -271,8 +354,10 @@ class StatsStore:
                     keys.values(experiment),
                     keys.events(experiment),
                     keys.writers(experiment),
+                    keys.pending(experiment),
+                    keys.pending_since(experiment),
                 ],
-                args=[writer, self._stream_maxlen, payload],
+                args=[writer, self._stream_maxlen, self._pending_max_units, payload],
             )
         return [_text(result) for result in results]
 
@@ -293,11 +378,14 @@ def parse_stats(
     latency: dict[str, list[int]] = {}
     sums: dict[str, dict[str, dict[str, float]]] = {}
     unattributed: dict[str, int] = {}
+    overflow: dict[str, int] = {}
     for name, value in fields.items():
         variant, _, rest = name.partition(":")
         if variant == "*":
             if name.startswith(UNATTRIBUTED):
                 unattributed[name.removeprefix(UNATTRIBUTED)] = int(value)
+            elif name.startswith(OVERFLOW):
+                overflow[name.removeprefix(OVERFLOW)] = int(value)
             continue
         counters.setdefault(variant, {})
         kind, _, detail = rest.partition(":")
@@ -334,7 +422,8 @@ def parse_stats(
         )
     for metric in metrics:
         unattributed.setdefault(metric, 0)
-    return ExperimentStats(experiment=experiment, variants=result, unattributed=unattributed)
+        overflow.setdefault(metric, 0)
+    return ExperimentStats(experiment=experiment, variants=result, unattributed=unattributed, overflow=overflow)
 
 
 def _text(value: bytes | str) -> str:

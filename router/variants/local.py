@@ -2,7 +2,8 @@
 
 Loading unpickles the file, which can run code: model paths come from operators' configs, never
 from callers. Prediction runs in a worker thread (`anyio.to_thread`) so a slow model never stalls
-the event loop that serves every other request.
+the event loop that serves every other request, and concurrent calls are micro-batched
+(router/variants/batching.py).
 """
 
 from __future__ import annotations
@@ -14,22 +15,23 @@ from typing import Any, Final
 import anyio.to_thread
 import joblib
 import numpy as np
-import numpy.typing as npt
 import orjson
+import sklearn
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
 from router.errors import InvalidPayload, ModelLoadError, PredictionError
 from router.variants.base import PredictCall, VariantResponse
+from router.variants.batching import Batching, MicroBatcher, Outputs, Rows
+
+DEFAULT_BATCHING: Final = Batching()
 
 #: rows per call; bounds the memory and the time one caller can take from a worker thread
 MAX_INSTANCES: Final = 10_000
 
 # JSON numbers decode to exactly these types; checking `type(...)` first keeps the common case fast.
 _NUMBER_TYPES: Final = frozenset({int, float})
-
-Rows = npt.NDArray[np.float64]
 
 
 def instances_array(payload: Any, n_features: int | None) -> Rows:
@@ -104,17 +106,22 @@ def _describe(value: Any) -> str:
 
 
 class LocalModel:
-    """A fitted estimator from a joblib file, loaded once at start-up and run off the event loop."""
+    """A fitted estimator from a joblib file, loaded once at start-up and run off the event loop.
 
-    def __init__(self, estimator: Any, path: Path) -> None:
+    With `batching` (the default), concurrent calls are gathered into one model call
+    (router/variants/batching.py); with None, every call runs on its own in a worker thread.
+    """
+
+    def __init__(self, estimator: Any, path: Path, *, batching: Batching | None = DEFAULT_BATCHING) -> None:
         self.path = path
         n_features = getattr(estimator, "n_features_in_", None)
         self.n_features: int | None = int(n_features) if isinstance(n_features, Integral) else None
         self.has_proba: bool = hasattr(estimator, "predict_proba")
         self._estimator = estimator
+        self._batcher = MicroBatcher(self._run, batching=batching, name=str(path)) if batching is not None else None
 
     @classmethod
-    def load(cls, path: str | Path) -> LocalModel:
+    def load(cls, path: str | Path, *, batching: Batching | None = DEFAULT_BATCHING) -> LocalModel:
         """Load a model file; every failure is a ModelLoadError so a bad file stops start-up, not a request."""
         path = Path(path)
         try:
@@ -135,27 +142,33 @@ class LocalModel:
                 raise ModelLoadError(
                     f"model file {path} holds an unfitted {type(estimator).__qualname__}; fit it before dumping"
                 ) from None
-        return cls(estimator, path)
+        return cls(estimator, path, batching=batching)
 
     def __repr__(self) -> str:
         return f"LocalModel({str(self.path)!r}, n_features={self.n_features}, has_proba={self.has_proba})"
 
     async def predict(self, payload: Any) -> dict[str, Any]:
-        """Answer one prediction call with plain JSON types; the only entry point, so batching can slot in behind it."""
+        """Answer one prediction call with plain JSON types, alone or as part of a batch."""
         rows = instances_array(payload, self.n_features)
-        predictions, probabilities = await anyio.to_thread.run_sync(self._run, rows)
+        if self._batcher is not None:
+            predictions, probabilities = await self._batcher.predict(rows)
+        else:
+            predictions, probabilities = await anyio.to_thread.run_sync(self._run, rows)
         answer: dict[str, Any] = {"predictions": predictions.tolist()}
         if probabilities is not None:
             answer["probabilities"] = probabilities.tolist()
         return answer
 
-    def _run(self, rows: Rows) -> tuple[npt.NDArray[Any], Rows | None]:
-        """The one blocking model call, kept apart so a micro-batcher can hand it many calls' rows at once."""
+    def _run(self, rows: Rows) -> Outputs:
+        """The one blocking model call; the micro-batcher hands it many calls' rows at once."""
         try:
-            predictions = np.asarray(self._estimator.predict(rows))
-            probabilities = None
-            if self.has_proba:
-                probabilities = np.asarray(self._estimator.predict_proba(rows), dtype=np.float64)
+            # The rows are checked finite already and the estimator's parameters were checked when it
+            # was fitted: skipping both checks saves about a quarter of a pipeline's time per call.
+            with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+                predictions = np.asarray(self._estimator.predict(rows))
+                probabilities = None
+                if self.has_proba:
+                    probabilities = np.asarray(self._estimator.predict_proba(rows), dtype=np.float64)
         # A model may raise anything on input we accept; translate it here, where the model is called.
         except Exception as exc:
             raise PredictionError(f"model {self.path} failed on {len(rows)} rows: {type(exc).__name__}: {exc}") from exc

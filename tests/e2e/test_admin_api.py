@@ -133,10 +133,57 @@ async def test_put_with_a_stale_if_match_answers_412_and_changes_nothing(api: ht
     assert response.json()["error"]["details"][0]["current_version"] == 2
 
 
-async def test_an_if_match_that_names_no_version_answers_412(api: httpx2.AsyncClient) -> None:
+@pytest.mark.parametrize(
+    "tag",
+    [
+        pytest.param('"seven"', id="not-a-number"),
+        pytest.param('"' + "9" * 5000 + '"', id="five-thousand-digits"),
+        pytest.param('"-1"', id="negative"),
+    ],
+)
+async def test_an_if_match_that_names_no_version_answers_412(api: httpx2.AsyncClient, tag: str) -> None:
     await create(api)
-    response = await api.patch("/v1/experiments/churn", json={"coverage": 0.5}, headers={**BOB, "If-Match": "*"})
+    response = await api.patch("/v1/experiments/churn", json={"coverage": 0.5}, headers={**BOB, "If-Match": tag})
     assert response.status_code == 412
+    assert response.json()["error"]["code"] == "version_conflict"
+
+
+async def test_if_match_star_matches_whatever_version_exists(api: httpx2.AsyncClient) -> None:
+    await create(api)
+    response = await api.put("/v1/experiments/churn", json=config(80, 20), headers={**BOB, "If-Match": "*"})
+    assert (response.status_code, response.json()["version"]) == (200, 2)
+
+
+async def test_if_match_star_on_a_missing_experiment_answers_412(api: httpx2.AsyncClient) -> None:
+    response = await api.put("/v1/experiments/ghost", json=config(), headers={**BOB, "If-Match": "*"})
+    assert response.status_code == 412
+
+
+async def test_weights_too_large_to_sum_answer_422_and_never_reach_the_predict_path(api: httpx2.AsyncClient) -> None:
+    await create(api)
+    response = await api.patch(
+        "/v1/experiments/churn", json={"weights": {"current": 1e308, "candidate": 1e308}}, headers=ALICE
+    )
+    assert response.status_code == 422
+    assert "weights must sum to at most" in str(response.json()["error"]["details"])
+    await served_version(api, expected=1)  # still served, by the version before the refused edit
+
+
+async def test_a_config_whose_local_model_cannot_load_answers_422_naming_the_file(
+    api: httpx2.AsyncClient, tmp_path: Path
+) -> None:
+    missing = tmp_path / "typo.joblib"
+    body = {
+        "control": "current",
+        "variants": [
+            {"name": "current", "weight": 1, "url": f"{UPSTREAM}/current"},
+            {"name": "candidate", "weight": 1, "model": str(missing)},
+        ],
+    }
+    response = await api.put("/v1/experiments/churn", json=body, headers=ALICE)
+    assert response.status_code == 422
+    assert response.json()["error"]["details"] == [f"variants[1].model: model file {missing} does not exist"]
+    assert (await api.get("/v1/experiments/churn", headers=ALICE)).status_code == 404
 
 
 @pytest.mark.parametrize(
@@ -195,6 +242,15 @@ async def test_20_concurrent_patches_with_the_same_if_match_give_one_200_and_nin
     current = (await api.get("/v1/experiments/churn", headers=ALICE)).json()
     assert (current["version"], current["config"]) == (2, winner["config"])
     assert len((await api.get("/v1/experiments/churn/history", headers=ALICE)).json()["versions"]) == 2
+
+
+async def test_twenty_concurrent_patches_without_if_match_are_all_applied(api: httpx2.AsyncClient) -> None:
+    await create(api)
+    responses = await asyncio.gather(
+        *(api.patch("/v1/experiments/churn", json={"force": {f"u{i}": "candidate"}}, headers=ALICE) for i in range(20))
+    )
+    assert Counter(r.status_code for r in responses) == {200: 20}
+    assert (await api.get("/v1/experiments/churn", headers=ALICE)).json()["version"] == 21
 
 
 async def test_concurrent_patches_without_if_match_are_all_applied_one_after_another(

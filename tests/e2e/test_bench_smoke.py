@@ -40,9 +40,13 @@ def test_the_smoke_benchmark_measures_abrouter_against_its_baselines_without_err
         ("throughput", f"abrouter proxy ({default_client}, on)"),
         ("throughput", f"abrouter proxy ({default_client}, off)"),
         ("throughput", "abrouter local model (per request, on)"),
+        ("throughput", "abrouter local model (micro-batched, on)"),
+        ("throughput", f"abrouter proxy ({default_client}, on, 1 worker, both CPUs)"),
+        ("throughput", f"abrouter proxy ({default_client}, on, 2 workers, both CPUs)"),
+        ("throughput", "abrouter local model (micro-batched, on, 2 workers, both CPUs)"),
         ("rate", "upstream direct"),
         ("rate", f"abrouter proxy ({default_client}, on)"),
-        ("rate", "abrouter local model (per request, on)"),
+        ("rate", "abrouter local model (micro-batched, on)"),
     } <= rows
     assert all(row["load"]["requests"] > 0 and row["load"]["errors"] == 0 for row in report["rows"])
     assert all(row["cpu_us_per_request"] > 0 for row in report["rows"] if row["name"].startswith("abrouter"))

@@ -19,6 +19,7 @@ from redis.backoff import NoBackoff
 
 from router.assignment.assign import Assignment, Reason
 from router.config.schema import Experiment
+from router.errors import StoreUnavailable
 from router.metrics import Metrics
 from router.store.embedded import RedisServer
 from router.store.events import SPILL_PREFIX, SPILL_SUFFIX, EventWriter
@@ -453,3 +454,31 @@ async def test_unit_ids_reach_redis_exactly_as_given(
     assert await writer.drain(5)
     assert await redis_client.hget(Keys().exposed("exp"), unit) == b"b"
     assert (await read_stats(redis_client)).variant("b").metric("revenue").sum == 1.5
+
+
+async def test_calls_recorded_after_close_are_counted_as_dropped_and_logged_once(
+    redis_client: redis.asyncio.Redis, make_writer: WriterFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = CollectorRegistry()
+    writer = make_writer(redis_client, observer=Metrics(registry))
+    await writer.start()
+    expose(writer, "u1", "a")
+    await writer.close()
+    with caplog.at_level("ERROR", logger="abrouter.events"):
+        expose(writer, "u1", "a")  # a unit it exposed before: only the call's count is lost
+        expose(writer, "u2", "b")  # a new unit: its call's count and its exposure
+    assert writer.dropped == registry.get_sample_value("abrouter_events_dropped_total") == 3
+    assert len([r for r in caplog.records if "after the event writer closed" in r.getMessage()]) == 1
+    stats = await read_stats(redis_client)
+    assert (stats.variant("a").requests, stats.variant("b").units) == (1, 0)
+
+
+async def test_outcomes_recorded_after_close_are_refused_so_the_caller_retries(
+    redis_client: redis.asyncio.Redis, make_writer: WriterFactory
+) -> None:
+    writer = make_writer(redis_client)
+    await writer.start()
+    await writer.close()
+    with pytest.raises(StoreUnavailable, match="shutting down"):
+        writer.record_outcomes(EXPERIMENT, [("u1", "revenue", 1.0)])
+    assert writer.dropped == 0

@@ -87,6 +87,26 @@ def test_the_example_configs_are_valid() -> None:
             "experiments[0].variants: weights must have a positive sum",
             id="zero-weights",
         ),
+        pytest.param(
+            {
+                "variants": [
+                    {"name": "current", "weight": 1e308, "url": "http://h/p"},
+                    {"name": "candidate", "weight": 1e308, "url": "http://h/p"},
+                ]
+            },
+            "experiments[0].variants: weights must sum to at most 1e+12, got inf",
+            id="weights-overflow",
+        ),
+        pytest.param(
+            {
+                "variants": [
+                    {"name": "current", "weight": 1, "url": "http://h/p\r\nX-Injected: 1"},
+                    {"name": "candidate", "weight": 1, "url": "http://h/p"},
+                ]
+            },
+            "experiments[0].variants[0].url: must not contain spaces or control characters",
+            id="url-with-crlf",
+        ),
         pytest.param({"control": "nope"}, "experiments[0].control: 'nope' is not one of the variants", id="control"),
         pytest.param(
             {

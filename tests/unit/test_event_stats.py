@@ -72,6 +72,7 @@ def test_the_stats_hash_is_read_per_variant_and_metric() -> None:
             "a:metric:revenue:outcomes": "7",
             "b:units": "4",
             "*:unattributed:revenue": "3",
+            "*:overflow:revenue": "1",
         },
         variants=["a", "b", "c"],
         metrics=["revenue", "converted"],
@@ -83,3 +84,4 @@ def test_the_stats_hash_is_read_per_variant_and_metric() -> None:
     assert stats.variant("b").metric("revenue").n == 4
     assert stats.variant("c").units == 0
     assert stats.unattributed == {"revenue": 3, "converted": 0}
+    assert stats.overflow == {"revenue": 1, "converted": 0}

@@ -1,0 +1,61 @@
+"""LiveConfig: a version whose model cannot load is refused once, and the previous one stays in force."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as redis
+
+from router.config.schema import Experiment
+from router.live_config import LiveConfig
+from router.proxy import open_upstream_client
+from router.store.configs import ConfigStore
+from router.store.keys import Keys
+from router.variants.local import LocalModel
+from router.variants.registry import ModelCache
+
+
+class CountingModelCache(ModelCache):
+    """Counts load attempts, to see what a refresh retries."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attempts = 0
+
+    def load(self, path: str | Path) -> LocalModel:
+        self.attempts += 1
+        return super().load(path)
+
+
+def _experiment(model: Path) -> Experiment:
+    variants: list[dict[str, Any]] = [
+        {"name": "a", "weight": 1, "url": "http://127.0.0.1:9/a"},
+        {"name": "b", "weight": 1, "model": str(model)},
+    ]
+    return Experiment.model_validate({"name": "exp", "control": "a", "variants": variants})
+
+
+async def test_a_version_whose_model_cannot_load_is_tried_once_and_the_previous_one_stays(
+    redis_client: redis.Redis, trained_models: dict[str, Path], tmp_path: Path
+) -> None:
+    store = ConfigStore(redis_client, keys=Keys())
+    models = CountingModelCache()
+    upstream = open_upstream_client("httpx", max_connections=4, keepalive_s=1)
+    live = LiveConfig(store, client=upstream, models=models)
+    try:
+        await store.put(_experiment(trained_models["churn_current"]), actor="test", expected_version=None)
+        await live.refresh(strict=True)
+        await store.put(_experiment(tmp_path / "typo.joblib"), actor="test", expected_version=1)
+        for _ in range(3):
+            await live.refresh()
+        assert models.attempts == 2  # version 1 once, version 2 once: not once a second forever
+        assert live.get("exp").version == 1
+        assert "version 2" in live.rejected["exp"]
+
+        await store.put(_experiment(trained_models["churn_candidate"]), actor="test", expected_version=2)
+        await live.refresh()
+        assert live.get("exp").version == 3
+        assert live.rejected == {}
+    finally:
+        await upstream.aclose()
