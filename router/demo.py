@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
 import random
@@ -40,7 +39,7 @@ from router.config.schema import Experiment
 from router.errors import GatewayUnreachable, RouterError
 from router.reports.model import Report
 from router.reports.render import report_renderable
-from router.store.embedded import free_port
+from router.store.embedded import die_with_parent, free_port
 
 EXIT_OK, EXIT_FAILURE = 0, 1
 EXPERIMENT: Final = "demo"
@@ -57,7 +56,6 @@ CALL_TIMEOUT_S: Final = 10.0
 #: how long the statistics may take to reach Redis after the last call (the event writer batches)
 SETTLE_TIMEOUT_S: Final = 20.0
 STOP_TIMEOUT_S: Final = 15.0
-_PR_SET_PDEATHSIG: Final = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,7 +356,7 @@ def _launch(
             stderr=subprocess.STDOUT,
             env=dict(env) if env is not None else None,
             start_new_session=True,
-            preexec_fn=_die_with_parent(),
+            preexec_fn=die_with_parent(),
         )
     cleanup.callback(_stop, process)
     return _Server(name, process, ready, log)
@@ -402,18 +400,3 @@ def _tail(path: Path, lines: int = 20) -> str:
     with contextlib.suppress(OSError):
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     return "(no log)"
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """A pre-exec hook asking Linux to SIGTERM the child when the demo dies, even by SIGKILL (main thread only)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-    def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-    return hook

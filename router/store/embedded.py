@@ -204,7 +204,7 @@ class RedisServer:
                     cwd=self.data_dir,
                     # Its own session: a Ctrl-C meant for the gateway must not stop Redis before events are flushed.
                     start_new_session=True,
-                    preexec_fn=_die_with_parent(),
+                    preexec_fn=die_with_parent(),
                 )
             except OSError as exc:
                 raise StoreUnavailable(f"cannot run redis-server {executable!r}: {exc}; {INSTALL_HINT}") from exc
@@ -264,7 +264,7 @@ def _tail(path: Path, lines: int = 20) -> str:
     return "\n".join(text.splitlines()[-lines:]) or "(log is empty)"
 
 
-def _die_with_parent() -> Callable[[], None] | None:
+def die_with_parent() -> Callable[[], None] | None:
     """A pre-exec hook asking Linux to SIGTERM the child when its parent dies, even by SIGKILL.
 
     The signal follows the *thread* that forked, so it is only used from the main thread: a
