@@ -28,17 +28,28 @@ def unit_id_of(unit: str, *, headers: Mapping[str, str], query_string: bytes, ca
     source, key = parse_unit_source(unit)
     value: Any
     if source == "header":
-        value = headers.get(key)
+        value = _utf8(headers.get(key))
     elif source == "query":
         value = _query(query_string, key)
     elif source == "cookie":
-        value = _cookie(headers.get("cookie"), key)
+        value = _utf8(_cookie(headers.get("cookie"), key))
     else:
         value = _json_path(call.json(), key.split("."))
     if isinstance(value, bool) or not isinstance(value, str | int):
         return None
     text = str(value).strip()
     return text if 0 < len(text) <= MAX_UNIT_ID_LENGTH else None
+
+
+def _utf8(value: str | None) -> str | None:
+    """A header value as the text the client sent: ASGI servers decode header bytes as latin-1, but clients
+    send UTF-8, and the GrowthBook hash of 'é' must see the bytes C3 A9, as a front-end SDK does."""
+    if value is None or value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:  # not UTF-8 after all: hash what came
+        return value
 
 
 def _query(query_string: bytes, name: str) -> str | None:

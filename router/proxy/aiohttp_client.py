@@ -48,7 +48,11 @@ class AiohttpUpstreamClient:
             timeout = self._timeouts.setdefault(timeout_s, aiohttp.ClientTimeout(total=timeout_s))
         try:
             async with self._session.post(
-                url, data=body, headers=list(headers), timeout=timeout, allow_redirects=False
+                url,
+                data=body,
+                headers=[(name, _as_sent(value)) for name, value in headers],
+                timeout=timeout,
+                allow_redirects=False,
             ) as response:
                 answer = await response.read()
                 status, content_type = response.status, response.headers.get("Content-Type")
@@ -63,3 +67,13 @@ class AiohttpUpstreamClient:
 
     async def aclose(self) -> None:
         await self._session.close()
+
+
+def _as_sent(value: str) -> str:
+    """The text whose UTF-8 encoding (what aiohttp sends) is the caller's bytes, which ASGI decoded as latin-1."""
+    if value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value  # not UTF-8: aiohttp cannot send these exact bytes; the upstream gets them re-encoded

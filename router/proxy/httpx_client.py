@@ -59,7 +59,9 @@ class HttpxUpstreamClient:
         try:
             # httpx's timeouts bound each phase; this bounds the whole exchange
             async with asyncio.timeout(timeout_s):
-                response = await self._client.post(url, content=body, headers=list(headers), timeout=timeout)
+                # bytes: ASGI gave header values as latin-1 text; the upstream gets the caller's exact bytes
+                raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+                response = await self._client.post(url, content=body, headers=raw, timeout=timeout)
         except (TimeoutError, self._library.TimeoutException):
             raise UpstreamTimeout(f"{url} did not answer within {timeout_s:g} s") from None
         except (self._library.HTTPError, self._library.InvalidURL) as exc:

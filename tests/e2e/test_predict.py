@@ -278,3 +278,22 @@ def test_the_config_version_in_force_is_echoed(gateway: GatewayFactory) -> None:
     client = gateway([experiment()])
     response = client.post("/v1/experiments/exp/predict", json={}, headers={"X-User-Id": "u"})
     assert response.headers["x-config-version"] == "1"
+
+
+@pytest.mark.parametrize(
+    "unit_id",
+    [pytest.param("josé", id="latin-letter"), pytest.param("ユーザー42", id="japanese")],
+)
+def test_a_non_ascii_unit_id_in_a_header_is_hashed_from_its_utf8_bytes(gateway: GatewayFactory, unit_id: str) -> None:
+    from router.assignment.hashing import gb_hash
+    from router.assignment.ranges import choose_variation, normalized_ranges
+
+    config = experiment()
+    client = gateway([config])
+    bucket = gb_hash(config.hash_seed, unit_id, 2)
+    assert bucket is not None
+    expected = config.variant_names[choose_variation(bucket, normalized_ranges(1.0, config.weights))]
+    response = client.post(
+        "/v1/experiments/exp/predict", content=b"{}", headers=[(b"x-user-id", unit_id.encode("utf-8"))]
+    )
+    assert response.headers["x-variant"] == expected
