@@ -47,6 +47,7 @@ from router.errors import FeatureDisabled, StoreUnavailable
 from router.store.stats import (
     ARGUMENTS,
     LATENCY_BUCKETS_MS,
+    Applied,
     Event,
     EventKind,
     StatsStore,
@@ -655,11 +656,11 @@ class EventWriter:
         async def write_group(key: tuple[str, str], events: list[Event]) -> str | None:
             writer, experiment = key
             try:
-                results = await self._stats.apply(experiment, writer, events)
+                applied = await self._stats.apply(experiment, writer, events)
             except StoreUnavailable as exc:
                 return exc.message
             del batch.groups[key]
-            self._account(experiment, events, results)
+            self._account(experiment, events, applied)
             return None
 
         try:
@@ -685,15 +686,16 @@ class EventWriter:
             self._failing_since = None
         return True
 
-    def _account(self, experiment: str, events: Sequence[Event], results: Sequence[str]) -> None:
-        exposures: Counter[str] = Counter()
+    def _account(self, experiment: str, events: Sequence[Event], applied: Applied) -> None:
+        """Count what the script did; events missing from `applied.results` had their kind's usual result."""
+        exposures = applied.exposed  # first exposures, those that claimed outcomes included
         outcomes: Counter[tuple[str, str]] = Counter()
-        for event, result in zip(events, results, strict=True):
+        for index, result in applied.results.items():
+            event = events[index]
             if event.kind is EventKind.EXPOSURE:
                 if result.startswith("new"):
-                    exposures[event.args[1]] += 1
                     # outcomes that reached Redis before this exposure, parked there until now
-                    for metric, count in orjson.loads(result[3:] or "{}").items():
+                    for metric, count in orjson.loads(result[3:]).items():
                         outcomes[(event.args[1], metric)] += int(count)
                 elif result.startswith("old:") and self._on_first_variant is not None:
                     self._on_first_variant(experiment, event.args[0], result.removeprefix("old:"))

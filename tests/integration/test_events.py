@@ -24,7 +24,16 @@ from router.metrics import Metrics
 from router.store.embedded import RedisServer
 from router.store.events import SPILL_PREFIX, SPILL_SUFFIX, EventWriter
 from router.store.keys import Keys
-from router.store.stats import ExperimentStats, StatsStore, exposure_event, latency_bucket, outcome_event
+from router.store.stats import (
+    Applied,
+    Event,
+    EventKind,
+    ExperimentStats,
+    StatsStore,
+    exposure_event,
+    latency_bucket,
+    outcome_event,
+)
 
 EXPERIMENT = Experiment.model_validate(
     {
@@ -213,10 +222,42 @@ async def test_a_batch_applied_twice_counts_each_event_once(redis_client: redis.
         exposure_event("exp", 1, unit="u1", variant="a", version=1, reason="hashed", at_ms=0, status=200, latency_ms=1),
         outcome_event("exp", 2, unit="u1", metric="revenue", kind=EXPERIMENT.metrics[1].kind, value=2.5, at_ms=0),
     ]
-    assert await stats.apply("exp", "w1", events) == ["new", "att:a"]
-    assert await stats.apply("exp", "w1", events) == ["dup", "dup"]
+    assert await stats.apply("exp", "w1", events) == Applied(exposed={"a": 1}, results={1: "att:a"})
+    assert await stats.apply("exp", "w1", events) == Applied(exposed={}, results={0: "dup", 1: "dup"})
     revenue = (await stats.read("exp")).variant("a").metric("revenue")
     assert (revenue.n, revenue.sum, revenue.sum_squares, revenue.outcomes) == (1, 2.5, 6.25, 1)
+
+
+def new_unit(seq: int, unit: str) -> Event:
+    return exposure_event(
+        "exp", seq, unit=unit, variant="a", version=1, reason="hashed", at_ms=0, status=200, latency_ms=1
+    )
+
+
+@pytest.mark.parametrize(
+    "events",
+    [
+        pytest.param([new_unit(1, "u1"), Event("exp", 2, EventKind.EXPOSURE, ("u2", "a"))], id="short-last"),
+        pytest.param([Event("exp", 1, EventKind.EXPOSURE, ("u1", "a")), new_unit(2, "u2")], id="short-first"),
+        pytest.param([Event("exp", 1, EventKind.CALLS, ("a", "1", "0", "", "extra")), new_unit(2, "u2")], id="long"),
+    ],
+)
+async def test_a_batch_with_an_event_of_the_wrong_width_is_refused_whole(
+    redis_client: redis.asyncio.Redis, events: list[Event]
+) -> None:
+    stats = StatsStore(redis_client, keys=Keys(), stream_maxlen=1000)
+    with pytest.raises(StoreUnavailable, match="malformed event"):
+        await stats.apply("exp", "w1", events)
+    assert await redis_client.keys("*") == []
+
+
+async def test_a_batch_longer_than_one_trim_can_remove_leaves_the_stream_at_about_its_maximum_length(
+    redis_client: redis.asyncio.Redis,
+) -> None:
+    # one XTRIM removes at most 100 stream nodes (10 000 entries by default); the batch adds more than that
+    stats = StatsStore(redis_client, keys=Keys(), stream_maxlen=50)
+    assert (await stats.apply("exp", "w1", [new_unit(n, f"u{n}") for n in range(1, 12_001)])).exposed == {"a": 12_000}
+    assert await redis_client.xlen(Keys().events("exp")) < 50 + 200
 
 
 async def test_the_stream_holds_each_first_exposure_and_each_outcome(

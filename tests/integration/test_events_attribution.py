@@ -11,7 +11,7 @@ from router.assignment.assign import Assignment, Reason
 from router.config.schema import Experiment, MetricKind
 from router.store.events import EventWriter
 from router.store.keys import Keys
-from router.store.stats import Event, StatsStore, exposure_event, outcome_event
+from router.store.stats import Applied, Event, StatsStore, exposure_event, outcome_event
 
 EXPERIMENT = Experiment.model_validate(
     {
@@ -50,19 +50,27 @@ async def test_an_outcome_written_before_its_units_exposure_is_attributed_once_t
     stats: StatsStore,
 ) -> None:
     # writer "B" reports u1's outcomes; writer "A" exposed u1 but its batch reaches Redis later
-    assert await stats.apply("exp", "B", [revenue(1, "u1", 2.5), revenue(2, "u1", 4.0), revenue(3, "u2", 1.0)]) == [
-        "park",
-        "park",
-        "park",
-    ]
-    assert await stats.apply("exp", "A", [exposure(1, "u1", "b"), exposure(2, "u2", "b")]) == [
-        'new{"revenue":2}',
-        'new{"revenue":1}',
-    ]
+    assert await stats.apply(
+        "exp", "B", [revenue(1, "u1", 2.5), revenue(2, "u1", 4.0), revenue(3, "u2", 1.0)]
+    ) == Applied(exposed={}, results={0: "park", 1: "park", 2: "park"})
+    assert await stats.apply("exp", "A", [exposure(1, "u1", "b"), exposure(2, "u2", "b")]) == Applied(
+        exposed={"b": 2}, results={0: 'new{"revenue":2}', 1: 'new{"revenue":1}'}
+    )
     stored = await stats.read("exp", metrics=METRICS)
     b = stored.variant("b").metric("revenue")
     assert (b.n, b.sum, b.sum_squares, b.outcomes) == (2, 7.5, 6.5**2 + 1.0, 3)
     assert stored.unattributed == {"converted": 0, "revenue": 0}
+
+
+async def test_an_outcome_parked_earlier_in_the_same_batch_is_claimed_by_the_units_exposure(
+    stats: StatsStore, redis_client: redis.asyncio.Redis
+) -> None:
+    # nothing was parked before this batch: the script must still look for what the batch itself parked
+    batch = [exposure(1, "u0", "a"), revenue(2, "u1", 2.5), exposure(3, "u1", "a"), exposure(4, "u2", "a")]
+    assert await stats.apply("exp", "A", batch) == Applied(exposed={"a": 3}, results={1: "park", 2: 'new{"revenue":1}'})
+    a = (await stats.read("exp", metrics=METRICS)).variant("a").metric("revenue")
+    assert (a.n, a.sum, a.sum_squares, a.outcomes) == (3, 2.5, 6.25, 1)
+    assert await redis_client.exists(Keys().pending("exp"), Keys().pending_since("exp")) == 0
 
 
 async def test_outcomes_before_and_after_the_exposure_add_up_to_the_units_total(stats: StatsStore) -> None:
@@ -76,7 +84,7 @@ async def test_outcomes_before_and_after_the_exposure_add_up_to_the_units_total(
 async def test_a_parked_conversion_makes_the_unit_converted_once(stats: StatsStore) -> None:
     await stats.apply("exp", "B", [converted(1, "u1", 0), converted(2, "u1", 1), converted(3, "u1", 1)])
     await stats.apply("exp", "A", [exposure(1, "u1", "a"), exposure(2, "u2", "a")])
-    assert await stats.apply("exp", "B", [converted(4, "u1", 1)]) == ["att:a"]
+    assert await stats.apply("exp", "B", [converted(4, "u1", 1)]) == Applied(exposed={}, results={0: "att:a"})
     a = (await stats.read("exp")).variant("a").metric("converted")
     assert (a.n, a.sum, a.sum_squares, a.outcomes) == (2, 1.0, 1.0, 4)
 
@@ -145,8 +153,8 @@ async def test_past_the_cap_the_units_parked_longest_ago_are_given_up_and_counte
 
 async def test_with_parking_off_an_early_outcome_stays_unattributed(redis_client: redis.asyncio.Redis) -> None:
     stats = StatsStore(redis_client, keys=Keys(), stream_maxlen=1000, pending_max_units=0)
-    assert await stats.apply("exp", "B", [revenue(1, "u1", 1.0)]) == ["un"]
-    assert await stats.apply("exp", "A", [exposure(1, "u1", "a")]) == ["new"]
+    assert await stats.apply("exp", "B", [revenue(1, "u1", 1.0)]) == Applied(exposed={}, results={0: "un"})
+    assert await stats.apply("exp", "A", [exposure(1, "u1", "a")]) == Applied(exposed={"a": 1}, results={})
     stored = await stats.read("exp", metrics=["revenue"])
     assert (stored.unattributed, stored.overflow) == ({"revenue": 1}, {"revenue": 1})
     assert stored.variant("a").metric("revenue").sum == 0.0
