@@ -8,6 +8,10 @@ the event loop that serves every other request, and concurrent calls are micro-b
 
 from __future__ import annotations
 
+import inspect
+import logging
+import sys
+from collections.abc import Callable
 from numbers import Integral
 from pathlib import Path
 from typing import Any, Final
@@ -24,6 +28,8 @@ from sklearn.utils.validation import check_is_fitted
 from router.errors import InvalidPayload, ModelLoadError, PredictionError
 from router.variants.base import PredictCall, VariantResponse
 from router.variants.batching import Batching, MicroBatcher, Outputs, Rows
+
+log = logging.getLogger("abrouter.variants")
 
 DEFAULT_BATCHING: Final = Batching()
 
@@ -118,6 +124,12 @@ class LocalModel:
         self.n_features: int | None = int(n_features) if isinstance(n_features, Integral) else None
         self.has_proba: bool = hasattr(estimator, "predict_proba")
         self._estimator = estimator
+        # Decided once: the pipeline's transforming steps to run once per call, then the final
+        # estimator's own calls, in one pass when it computes its predictions from its probabilities.
+        self._transforms, self._final = _pipeline_parts(estimator)
+        self._one_pass = _one_pass(self._final) if self.has_proba else None
+        if self._one_pass is not None and not self._one_pass_agrees():
+            self._one_pass = None
         self._batcher = MicroBatcher(self._run, batching=batching, name=str(path)) if batching is not None else None
 
     @classmethod
@@ -159,22 +171,146 @@ class LocalModel:
             answer["probabilities"] = probabilities.tolist()
         return answer
 
+    def _one_pass_agrees(self) -> bool:
+        """Whether the one-pass answer equals the two calls' on probe rows: the boosting path uses private
+        scikit-learn API, and a release that changes it must cost speed, never a wrong or failed answer."""
+        one_pass = self._one_pass
+        if one_pass is None or self.n_features is None:
+            return False
+        probe = np.linspace(-2.0, 2.0, 4 * self.n_features).reshape(4, self.n_features)
+        try:
+            with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+                features = probe
+                for step in self._transforms:
+                    features = step.transform(features)
+                predictions, probabilities = one_pass(self._final, features)
+                agrees = np.array_equal(predictions, self._final.predict(features)) and np.array_equal(
+                    probabilities, self._final.predict_proba(features)
+                )
+        except Exception:  # whatever the model raises on made-up rows: take the two calls, which are its own
+            return False
+        if not agrees:
+            log.warning("model %s: one-pass outputs differ from predict/predict_proba; using two calls", self.path)
+        return agrees
+
     def _run(self, rows: Rows) -> Outputs:
         """The one blocking model call; the micro-batcher hands it many calls' rows at once."""
         try:
             # The rows are checked finite already and the estimator's parameters were checked when it
             # was fitted: skipping both checks saves about a quarter of a pipeline's time per call.
+            # Every estimator call still checks its input (100-200 us even for one row), hence one pass:
+            # each transforming step once, and the final estimator once where it allows (`_one_pass`).
             with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
-                predictions = np.asarray(self._estimator.predict(rows))
+                features = rows
+                for step in self._transforms:
+                    features = step.transform(features)
                 probabilities = None
-                if self.has_proba:
-                    probabilities = np.asarray(self._estimator.predict_proba(rows), dtype=np.float64)
+                if self._one_pass is not None:
+                    predictions, probabilities = self._one_pass(self._final, features)
+                else:
+                    predictions = self._final.predict(features)
+                    if self.has_proba:
+                        probabilities = self._final.predict_proba(features)
+                predictions = np.asarray(predictions)
+                if probabilities is not None:
+                    probabilities = np.asarray(probabilities, dtype=np.float64)
         # A model may raise anything on input we accept; translate it here, where the model is called.
         except Exception as exc:
             raise PredictionError(f"model {self.path} failed on {len(rows)} rows: {type(exc).__name__}: {exc}") from exc
         if len(predictions) != len(rows) or (probabilities is not None and len(probabilities) != len(rows)):
             raise PredictionError(f"model {self.path} answered {len(predictions)} predictions for {len(rows)} rows")
         return predictions, probabilities
+
+
+def _pipeline_parts(estimator: Any) -> tuple[tuple[Any, ...], Any]:
+    """The transforming steps and the final estimator, as `Pipeline.predict` and `.predict_proba` run them.
+
+    Without routed parameters both are a plain loop of `transform` calls (skipping None and
+    "passthrough" steps) and then the final estimator's method; a subclass that overrides them is
+    left whole. Nested pipelines are flattened the same way.
+    """
+    pipeline = _sklearn_class("sklearn.pipeline", "Pipeline")
+    transforms: list[Any] = []
+    while pipeline is not None and _same_methods(estimator, pipeline, "predict", "predict_proba"):
+        steps = [step for _, step in estimator.steps]
+        transforms.extend(step for step in steps[:-1] if step is not None and step != "passthrough")
+        estimator = steps[-1]
+    return tuple(transforms), estimator
+
+
+OnePass = Callable[[Any, Any], tuple[Any, Any]]
+
+
+def _one_pass(final: Any) -> OnePass | None:
+    """How to get predictions and probabilities from one model pass, or None when it takes two calls.
+
+    Only where scikit-learn's own `predict` computes its answer from what `predict_proba` computes,
+    so the answers are exactly those of the two calls; matched by the method itself, so a subclass
+    that overrides `predict` is not caught. Classes are looked up in `sys.modules`: an estimator
+    whose class's module was never imported cannot exist, and importing them all would slow start-up.
+    """
+    classes = getattr(final, "classes_", None)
+    if not isinstance(classes, np.ndarray) or classes.ndim != 1:
+        return None  # not a classifier, or multi-output: predict answers per output
+    boosting = _sklearn_class(
+        "sklearn.ensemble._hist_gradient_boosting.gradient_boosting", "HistGradientBoostingClassifier"
+    )
+    if boosting is not None and _same_methods(final, boosting, "predict", "predict_proba"):
+        # scikit-learn 1.4's predict was the argmax of predict_proba; 1.5's decides from the raw scores
+        return _hist_gradient_boosting_outputs if _SKLEARN_VERSION >= (1, 5) else _argmax_outputs
+    voting = _sklearn_class("sklearn.ensemble._voting", "VotingClassifier")
+    if voting is not None and _same_methods(final, voting, "predict"):
+        return _argmax_outputs if final.voting == "soft" else None
+    for module, name in _PREDICTS_ARGMAX_OF_PROBA:
+        cls = _sklearn_class(module, name)
+        if cls is not None and _same_methods(final, cls, "predict"):
+            return _argmax_outputs
+    return None
+
+
+_SKLEARN_VERSION: Final = tuple(int(part) for part in sklearn.__version__.split(".")[:2])
+
+# Classes whose `predict` is `classes_[argmax(self.predict_proba(X), axis=1)]` (checked in scikit-learn
+# 1.4 and 1.9). Not DecisionTreeClassifier (predicts from unnormalised counts), not GaussianNB or
+# LogisticRegression (from scores, which can tie differently), not SVC (Platt scaling can disagree).
+_PREDICTS_ARGMAX_OF_PROBA: Final = (
+    ("sklearn.ensemble._forest", "ForestClassifier"),  # RandomForestClassifier, ExtraTreesClassifier
+    ("sklearn.ensemble._bagging", "BaggingClassifier"),
+    ("sklearn.calibration", "CalibratedClassifierCV"),
+    ("sklearn.semi_supervised._label_propagation", "BaseLabelPropagation"),
+)
+
+
+def _sklearn_class(module: str, name: str) -> Any:
+    return getattr(sys.modules.get(module), name, None)
+
+
+def _same_methods(estimator: Any, cls: type, *names: str) -> bool:
+    """Whether the estimator's class runs `cls`'s own code for these methods (inherited, not overridden).
+
+    Compared as stored on the classes: `Pipeline.predict` read through `getattr` is a new wrapper
+    at each access (scikit-learn's `available_if`), so `is` on it is never true.
+    """
+    return all(
+        inspect.getattr_static(type(estimator), name, None) is inspect.getattr_static(cls, name) for name in names
+    )
+
+
+def _argmax_outputs(final: Any, features: Any) -> tuple[Any, Any]:
+    probabilities = final.predict_proba(features)
+    return final.classes_.take(np.argmax(probabilities, axis=1), axis=0), probabilities
+
+
+def _hist_gradient_boosting_outputs(final: Any, features: Any) -> tuple[Any, Any]:
+    """`HistGradientBoostingClassifier.predict` and `.predict_proba` (scikit-learn 1.5 on) from one `_raw_predict`.
+
+    Its `predict` decides from the raw scores (`> 0` for two classes), and the argmax of the
+    probabilities can differ at near-ties (expit rounds positive scores below 2**-52 to 0.5): so both
+    are computed from the raw scores as scikit-learn does, through its private `_raw_predict` and `_loss`.
+    """
+    raw = final._raw_predict(features)
+    encoded = (raw.ravel() > 0).astype(int) if raw.shape[1] == 1 else np.argmax(raw, axis=1)
+    return final.classes_[encoded], final._loss.predict_proba(raw)
 
 
 class LocalVariant:
