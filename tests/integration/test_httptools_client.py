@@ -199,3 +199,38 @@ async def test_a_header_with_a_line_break_is_never_sent(client: HttptoolsUpstrea
         with pytest.raises(UpstreamUnavailable, match="line break"):
             await client.post(url, body=b"{}", headers=[("x-a", "1\r\nx-injected: 1")], timeout_s=1)
     assert per_connection == []
+
+
+async def test_a_call_waiting_for_a_free_connection_times_out_at_its_own_deadline() -> None:
+    async def slow(request: bytes, index: int) -> bytes:
+        await asyncio.sleep(0.6)
+        return b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"
+
+    one_connection = HttptoolsUpstreamClient(max_connections=1, keepalive_s=30)
+    try:
+        async with raw_server(slow) as (url, _):
+            first = asyncio.create_task(post(one_connection, url, timeout_s=2.0))
+            await asyncio.sleep(0.05)  # the first call holds the only connection
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(UpstreamTimeout):
+                await post(one_connection, url, timeout_s=0.2)
+            waited = asyncio.get_running_loop().time() - started
+            assert 0.15 < waited < 0.5
+            assert (await first)[0] == 200
+    finally:
+        await one_connection.aclose()
+
+
+async def test_the_deadline_covers_connect_send_and_read_together() -> None:
+    async def just_in_time(request: bytes, index: int) -> bytes:
+        await asyncio.sleep(0.15)
+        return b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"
+
+    upstream = HttptoolsUpstreamClient(max_connections=4, keepalive_s=30)
+    try:
+        async with raw_server(just_in_time) as (url, _):
+            assert (await post(upstream, url, timeout_s=1.0))[0] == 200
+            with pytest.raises(UpstreamTimeout, match="within 0.1 s"):
+                await post(upstream, url, timeout_s=0.1)
+    finally:
+        await upstream.aclose()
