@@ -49,6 +49,12 @@ def _parser() -> argparse.ArgumentParser:
         "--data-dir", type=Path, help="where the embedded Redis and local state live (default .abrouter)"
     )
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="one log line per request (default ABROUTER_ACCESS_LOG, else on; printed at --log-level info or debug)",
+    )
 
     validate = commands.add_parser("validate", help="check config files; print `ok` or every problem")
     validate.add_argument("files", nargs="+", metavar="FILE", help="config files or directories")
@@ -133,6 +139,7 @@ def _serve_settings(args: argparse.Namespace) -> Settings:
         "workers": args.workers,
         "data_dir": args.data_dir,
         "log_level": args.log_level,
+        "access_log": args.access_log,
     }
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
@@ -192,6 +199,8 @@ def serve(args: argparse.Namespace) -> int:
                 loop="uvloop",
                 http="httptools",
                 log_level=settings.log_level,
+                # uvicorn formats each access line before the logger drops it: costly at 1 000s of calls a second
+                access_log=settings.access_log and settings.log_level in ("info", "debug"),
                 timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),  # uvicorn takes whole seconds
                 server_header=False,
             )

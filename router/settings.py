@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    access_log: bool = Field(default=True, description="one line per request at info level (uvicorn's access log)")
 
     redis_url: str | None = Field(default=None, description="None starts the embedded Redis under data_dir")
     redis_cluster: bool = Field(default=False, description="treat redis_url as a Redis Cluster node")

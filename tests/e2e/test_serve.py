@@ -123,3 +123,20 @@ def test_serve_without_a_redis_url_runs_an_embedded_redis_and_stops_it_on_sigter
     assert server.stop() == 0
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", redis_port)) != 0, "the embedded Redis outlived the gateway"
+
+
+def test_the_access_log_has_a_line_per_request_at_info_level_unless_turned_off(
+    tmp_path: Path, redis_url: str, started: list[ServerProcess]
+) -> None:
+    logs = {}
+    for access_log in ("--access-log", "--no-access-log"):
+        server = gateway(tmp_path / access_log, redis_url=redis_url)
+        (tmp_path / access_log).mkdir()
+        server.args[server.args.index("--log-level") + 1] = "info"
+        server.args.append(access_log)
+        started.append(server.start())
+        assert httpx.get(f"{server.url}/v1/experiments", timeout=5).status_code == 401
+        server.stop()
+        logs[access_log] = server.log.read_text()
+    assert '"GET /v1/experiments HTTP/1.1" 401' in logs["--access-log"]
+    assert "/v1/experiments" not in logs["--no-access-log"]
