@@ -185,6 +185,10 @@ class RedisServer:
             "logfile": '""',
             "appendonly": "yes",
             "appendfsync": "everysec",
+            # The append-only file is the durable copy (fsynced every second, compacted by Redis's own
+            # rewrites); periodic snapshots on top would fork the whole dataset again every minute
+            # under a steady stream of events, on the gateway's machine.
+            "save": '""',
             "appendfilename": "appendonly.aof",
             "dbfilename": "dump.rdb",
         }
