@@ -27,26 +27,12 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import httpx  # noqa: E402
-from prometheus_client import CollectorRegistry  # noqa: E402
-from starlette.applications import Starlette  # noqa: E402
-from starlette.requests import Request  # noqa: E402
-from starlette.responses import Response  # noqa: E402
-from starlette.routing import Route  # noqa: E402
+from prometheus_client import CollectorRegistry
 
-from router.app import create_app  # noqa: E402
-from router.config.schema import Experiment  # noqa: E402
-from router.metrics import MULTIPROC_ENV, Metrics, UpstreamErrorKind  # noqa: E402
-from router.services import Services  # noqa: E402
-from router.settings import Settings  # noqa: E402
-from router.store.configs import ConfigStore  # noqa: E402
-from router.store.embedded import RedisServer  # noqa: E402
-from router.store.keys import Keys  # noqa: E402
-
-BODY = b'{"predictions": [0], "probabilities": [[0.9, 0.1]]}'
+from bench.inprocess import gateway, one_round, private_redis
+from router.metrics import MULTIPROC_ENV, Metrics, UpstreamErrorKind
 
 
 class NoMetrics(Metrics):
@@ -64,81 +50,19 @@ class NoMetrics(Metrics):
         pass
 
 
-def model_server() -> Starlette:
-    """The cheapest possible upstream, so the gateway's own work dominates."""
-
-    async def predict(request: Request) -> Response:
-        await request.body()
-        return Response(BODY, media_type="application/json")
-
-    return Starlette(routes=[Route("/{variant}", predict, methods=["POST"])])
-
-
-async def store_experiment(redis_url: str) -> None:
-    import redis.asyncio as redis
-
-    client = redis.Redis.from_url(redis_url)
-    try:
-        experiment = Experiment.model_validate(
-            {
-                "name": "bench",
-                "control": "a",
-                "variants": [
-                    {"name": "a", "weight": 50, "url": "http://model.bench/a"},
-                    {"name": "b", "weight": 50, "url": "http://model.bench/b"},
-                ],
-            }
-        )
-        await ConfigStore(client, keys=Keys()).create_if_absent(experiment, actor="bench")
-    finally:
-        await client.aclose()
-
-
-async def one_round(
-    client: httpx.AsyncClient, units: itertools.count[int], *, seconds: float, concurrency: int
-) -> float:
-    """Calls per second over `seconds`, `concurrency` calls in flight."""
-    done = 0
-    deadline = time.perf_counter() + seconds
-
-    async def caller() -> None:
-        nonlocal done
-        while time.perf_counter() < deadline:
-            response = await client.post(
-                "/v1/experiments/bench/predict",
-                content=b'{"instances": [[1.0, 2.0]]}',
-                headers={"X-User-Id": f"u{next(units)}"},
-            )
-            if response.status_code != 200:
-                raise SystemExit(f"the gateway answered {response.status_code}: {response.text}")
-            done += 1
-            # in-process transports may never suspend: yield so the app's background tasks (event
-            # writer, config sync) run as they would between socket reads
-            await asyncio.sleep(0)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(caller() for _ in range(concurrency)))
-    return done / (time.perf_counter() - started)
-
-
 async def predict_path(
     redis_url: str, data_dir: Path, *, rounds: int, seconds: float, concurrency: int
 ) -> dict[str, list[float]]:
-    await store_experiment(redis_url)
-    settings = Settings(redis_url=redis_url, data_dir=data_dir, redis_timeout_s=2.0)
-    app = create_app(settings, transport=httpx.ASGITransport(app=model_server()))
     results: dict[str, list[float]] = {"on": [], "off": []}
-    async with app.router.lifespan_context(app):
-        services: Services = app.state.services
+    async with gateway(redis_url, data_dir) as (services, client):
         metrics_on = services.metrics
         metrics_off = NoMetrics(CollectorRegistry())
         units = itertools.count()
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
-            await one_round(client, units, seconds=min(seconds, 1.0), concurrency=concurrency)  # warm-up
-            for _ in range(rounds):
-                for mode, metrics in (("on", metrics_on), ("off", metrics_off)):
-                    services.metrics = metrics
-                    results[mode].append(await one_round(client, units, seconds=seconds, concurrency=concurrency))
+        await one_round(client, units, seconds=min(seconds, 1.0), concurrency=concurrency)  # warm-up
+        for _ in range(rounds):
+            for mode, metrics in (("on", metrics_on), ("off", metrics_off)):
+                services.metrics = metrics
+                results[mode].append(await one_round(client, units, seconds=seconds, concurrency=concurrency))
         services.metrics = metrics_on
     return results
 
@@ -191,20 +115,10 @@ def main() -> int:
     print(f"  in memory (one worker):        {in_memory / 1000:7.2f} us")
     print(f"  memory-mapped (N workers):     {mmapped / 1000:7.2f} us", flush=True)
 
-    with tempfile.TemporaryDirectory(prefix="abrouter-bench-") as tmp:
-        redis_server = RedisServer(Path(tmp) / "redis").start()
-        try:
-            results = asyncio.run(
-                predict_path(
-                    redis_server.url,
-                    Path(tmp) / "data",
-                    rounds=args.rounds,
-                    seconds=args.seconds,
-                    concurrency=args.concurrency,
-                )
-            )
-        finally:
-            redis_server.stop()
+    with private_redis() as (redis_url, data_dir):
+        results = asyncio.run(
+            predict_path(redis_url, data_dir, rounds=args.rounds, seconds=args.seconds, concurrency=args.concurrency)
+        )
     on, off = statistics.median(results["on"]), statistics.median(results["off"])
     print(f"predict path in-process, {args.rounds} rounds x {args.seconds:g} s per mode, {args.concurrency} in flight:")
     print(f"  metrics on:  {on:8.0f} calls/s  (rounds: {', '.join(f'{r:.0f}' for r in results['on'])})")

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from router.settings import Settings
 from tests.fixtures.servers import ROOT
 
@@ -51,3 +53,18 @@ def test_the_smoke_benchmark_measures_abrouter_against_its_baselines_without_err
     assert all(row["load"]["requests"] > 0 and row["load"]["errors"] == 0 for row in report["rows"])
     assert all(row["cpu_us_per_request"] > 0 for row in report["rows"] if row["name"].startswith("abrouter"))
     assert any("p99 added over direct" in line for line in report["ratios"])
+
+
+@pytest.mark.parametrize(
+    ("script", "expected"),
+    [
+        pytest.param("bench/logging_overhead.py", "0 dropped, 0 pending", id="logging"),
+        pytest.param("bench/metrics_overhead.py", "ratio on/off", id="metrics"),
+    ],
+)
+def test_the_in_process_overhead_benchmarks_run_in_smoke_mode(script: str, expected: str) -> None:
+    done = subprocess.run(
+        [sys.executable, script, "--smoke"], cwd=ROOT, capture_output=True, text=True, timeout=100, check=False
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "calls/s" in done.stdout and expected in done.stdout
