@@ -7,11 +7,13 @@ rejected with every problem named.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import urllib.parse
+from collections.abc import Mapping
 from enum import StrEnum
-from typing import Annotated, Final, Literal, Self
+from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -249,17 +251,25 @@ class Experiment(_Model):
         ]
         return problems
 
-    @property
+    # Read on every prediction call, so computed once per (frozen) experiment; `model_copy` drops them.
+    @functools.cached_property
     def hash_seed(self) -> str:
         return self.seed if self.seed is not None else self.name
 
-    @property
+    @functools.cached_property
     def variant_names(self) -> tuple[str, ...]:
         return tuple(v.name for v in self.variants)
 
-    @property
+    @functools.cached_property
     def weights(self) -> tuple[float, ...]:
         return tuple(v.weight for v in self.variants)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy whose derived values are computed afresh (pydantic would copy cached ones, stale after `update`)."""
+        copy = super().model_copy(update=update, deep=deep)
+        for name in _DERIVED:
+            copy.__dict__.pop(name, None)
+        return copy
 
     def variant(self, name: str) -> Variant:
         """The variant called `name` (the validators guarantee control, winner and forced ones exist)."""
@@ -267,6 +277,10 @@ class Experiment(_Model):
             if v.name == name:
                 return v
         raise KeyError(name)
+
+
+#: the cached properties of `Experiment`
+_DERIVED: Final = ("hash_seed", "variant_names", "weights")
 
 
 class ConfigFile(_Model):

@@ -216,3 +216,15 @@ def test_validate_with_no_arguments_is_bad_usage() -> None:
 def test_the_config_schema_round_trips_through_json() -> None:
     experiment = Experiment.model_validate(_experiment(namespace=["checkout", 0, 0.5], force={"u": "candidate"}))
     assert Experiment.model_validate(experiment.model_dump(mode="json")) == experiment
+
+
+def test_a_copied_experiment_derives_its_weights_names_and_seed_from_its_own_fields() -> None:
+    original = Experiment.model_validate(_experiment())
+    assert original.weights and original.variant_names and original.hash_seed  # computed and cached
+    variants = [{**v, "weight": 7} for v in _experiment()["variants"]]
+    copy = original.model_copy(
+        update={"seed": "other", "variants": Experiment.model_validate(_experiment(variants=variants)).variants}
+    )
+    assert copy.hash_seed == "other"
+    assert copy.weights == (7, 7)
+    assert original.weights != copy.weights
