@@ -61,7 +61,7 @@ class ShadowResult(StrEnum):
     OK = "ok"  # the shadow variant answered (its answer is discarded)
     ERROR = "error"  # it failed: 5xx, refused connection, model error
     TIMEOUT = "timeout"
-    DROPPED = "dropped"  # not sent: the shadow queue was full
+    DROPPED = "dropped"  # not sent: ABROUTER_SHADOW_MAX_IN_FLIGHT mirrors were already in flight
 
 
 class StoreOperation(StrEnum):

@@ -21,6 +21,7 @@ from router.live_config import LiveConfig
 from router.metrics import Metrics, NullMetrics
 from router.proxy import UpstreamClient, open_upstream_client
 from router.settings import Settings
+from router.shadow import ShadowMirror
 from router.store.client import RedisClient
 from router.store.configs import ConfigStore
 from router.store.events import EventWriter, NullEventWriter
@@ -47,6 +48,7 @@ class Services:
     events: EventWriter
     sticky: StickyStore
     srm: SrmLooks
+    shadow: ShadowMirror
 
     async def redis_problem(self) -> str | None:
         """None when Redis answers a PING in time, else what went wrong (for /readyz)."""
@@ -139,6 +141,7 @@ async def open_services(
         on_first_variant=sticky.remember,
         observer=metrics,
     )
+    shadow = ShadowMirror(metrics, max_in_flight=settings.shadow_max_in_flight)
     refresher: asyncio.Task[None] | None = None
     try:
         with contextlib.suppress(StoreUnavailable):
@@ -158,8 +161,11 @@ async def open_services(
             events=events,
             sticky=sticky,
             srm=SrmLooks(client, keys=keys),
+            shadow=shadow,
         )
     finally:
+        # First: mirrors still in flight use the upstream client and the models.
+        await shadow.close()
         # Before the client closes: shutdown (SIGTERM) writes or spills every pending event.
         await events.close()
         if refresher is not None:

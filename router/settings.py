@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     local_max_queue: int = Field(
         default=1024, gt=0, description="calls waiting for one local model; past it they get 503 model_overloaded"
     )
+    shadow_max_in_flight: int = Field(
+        default=64, ge=0, description="mirrored (shadow) calls in flight per process; past it they are dropped"
+    )
     sticky_cache_size: int = Field(default=100_000, ge=0, description="units' first variants cached per process")
     sticky_timeout_s: float = Field(default=0.05, gt=0, description="deadline of a sticky lookup on the request path")
 

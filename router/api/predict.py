@@ -153,7 +153,7 @@ class PredictEndpoint:
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Thin on purpose: read, assign, call the variant (falling back to control), record, answer."""
+        """Thin on purpose: read, assign, call the variant (falling back to control), record, answer, mirror."""
         started = time.perf_counter()
         services: Services = scope["app"].state.services
         headers, forwarded = read_headers(scope["headers"])
@@ -207,6 +207,9 @@ class PredictEndpoint:
             elapsed_s=time.perf_counter() - started,
         )
         await respond(send, status, answer_headers, body, content_type)
+        if experiment.shadow is not None and assignment is not None:
+            # Only once the answer is sent, so the mirror can neither delay nor change it.
+            services.shadow.mirror(active, call, unit_id=unit, assigned=assignment.variant, served=variant)
 
 
 async def call_with_fallback(
