@@ -1,4 +1,4 @@
-"""The side-by-side benchmark: ``python -m bench.run [--smoke] [--json FILE]`` (see docs/performance.md).
+"""The side-by-side benchmark: ``python -m bench.run [--smoke] [--repeat N] [--json FILE]`` (see docs/performance.md).
 
 One run starts an nginx upstream answering fixed JSON, then measures with the same load (wrk,
 32 connections, a random X-User-Id per request; server on one CPU, load generator on the other):
@@ -25,10 +25,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Final, get_args
+from statistics import median
+from typing import Any, Final, TypeVar, get_args
 
 from bench import load, servers
 from bench.loadgen import DEFAULT_BODY
@@ -42,6 +43,8 @@ PREDICT_LOCAL: Final = "/v1/experiments/bench-local/predict"
 CLIENT_MODULES: Final = {"httpx": "httpx", "httpx2": "httpx2", "aiohttp": "aiohttp", "httptools": "httptools"}
 LOCAL_PER_REQUEST: Final = "abrouter local model (per request, on)"
 LOCAL_BATCHED: Final = "abrouter local model (micro-batched, on)"
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +185,7 @@ class Bench:
         self.start(self.upstream, cpu=plan.load_cpu, path="/predict")
         self.config = bench_config(workdir / "bench.json", self.upstream.url, models_dir)
 
-    def start(self, server: servers.Server, *, cpu: int | None, path: str) -> servers.Server:
+    def start(self, server: servers.Server, *, cpu: int | str | None, path: str) -> servers.Server:
         server.start(cpu=cpu, ready_path=path, body=DEFAULT_BODY)
         self.stack.callback(server.stop)
         return server
@@ -379,63 +382,135 @@ def find(rows: Sequence[Row], mode: str, prefix: str) -> Row | None:
     return next((row for row in rows if row.mode == mode and row.name.startswith(prefix)), None)
 
 
-def ratios(rows: Sequence[Row], plan: Plan, switches_wired: bool) -> list[str]:
+@dataclass(frozen=True, slots=True)
+class Ratio:
+    """One figure a target is stated in, printed as ``label: value<unit><note>``."""
+
+    label: str
+    value: float
+    unit: str  # printed right after the number: "%" (value is a percentage), "x" or " ms"
+    digits: int
+    note: str  # printed after the figure: the target, or what it is relative to
+
+
+def ratio_figures(rows: Sequence[Row], plan: Plan, switches_wired: bool) -> list[Ratio]:
     """The figures the targets of docs/performance.md are stated in."""
-    lines = []
+    figures = []
     main = find(rows, "throughput", f"abrouter proxy ({plan.default_client}, on)")
     off = find(rows, "throughput", f"abrouter proxy ({plan.default_client}, off)")
     split = find(rows, "throughput", "nginx split_clients")
     tutorial = find(rows, "throughput", "tutorial")
     if main and split:
         share = main.load["rps"] / split.load["rps"]
-        lines.append(f"abrouter / nginx split_clients req/s: {share:.1%} (target >= 15%)")
+        figures.append(Ratio("abrouter / nginx split_clients req/s", share * 100, "%", 1, " (target >= 15%)"))
     if main and tutorial:
-        lines.append(f"abrouter / tutorial proxy req/s: {main.load['rps'] / tutorial.load['rps']:.1f}x (target >= 20x)")
+        gain = main.load["rps"] / tutorial.load["rps"]
+        figures.append(Ratio("abrouter / tutorial proxy req/s", gain, "x", 1, " (target >= 20x)"))
     if main and off:
         cost = 1 - main.load["rps"] / off.load["rps"]
         wired = "" if switches_wired else " [switches not wired yet: on and off are the same gateway]"
-        lines.append(f"logging + metrics cost: {cost:.1%} of throughput (target <= 10%){wired}")
+        figures.append(Ratio("logging + metrics cost", cost * 100, "%", 1, f" of throughput (target <= 10%){wired}"))
     for client in plan.clients:
         row = find(rows, "throughput", f"abrouter proxy ({client}, on)")
         if row and main:
-            lines.append(f"upstream client {client}: {row.load['rps'] / main.load['rps']:.2f}x the default's req/s")
+            relative = row.load["rps"] / main.load["rps"]
+            figures.append(Ratio(f"upstream client {client}", relative, "x", 2, " the default's req/s"))
     direct = find(rows, "rate", "upstream direct")
     proxied = find(rows, "rate", "abrouter proxy")
     local = find(rows, "rate", LOCAL_BATCHED)
     if direct and proxied:
         added = proxied.load["p99_ms"] - direct.load["p99_ms"]
-        lines.append(f"p99 added over direct at {plan.rate:g} req/s: {added:.2f} ms (target <= 2 ms)")
+        label = f"p99 added over direct at {plan.rate:g} req/s"
+        figures.append(Ratio(label, added, " ms", 2, " (target <= 2 ms)"))
     batched, per_request = find(rows, "throughput", LOCAL_BATCHED), find(rows, "throughput", LOCAL_PER_REQUEST)
     if batched and per_request:
         gain = batched.load["rps"] / per_request.load["rps"]
-        lines.append(f"local model micro-batched / per request req/s: {gain:.2f}x (target >= 2.5x)")
+        figures.append(Ratio("local model micro-batched / per request req/s", gain, "x", 2, " (target >= 2.5x)"))
     if local:
-        lines.append(
-            f"local model (micro-batched) p99 at {plan.rate:g} req/s: {local.load['p99_ms']:.2f} ms (target <= 10 ms)"
-        )
+        label = f"local model (micro-batched) p99 at {plan.rate:g} req/s"
+        figures.append(Ratio(label, local.load["p99_ms"], " ms", 2, " (target <= 10 ms)"))
     for what, shared in ((plan.default_client, "the load generator and the upstream"), ("local model", "wrk")):
         one = find(rows, "throughput", scaling_row(what, 1))
         two = find(rows, "throughput", scaling_row(what, 2))
         if one and two:
-            lines.append(
+            label = (
                 f"2 workers / 1 worker req/s, {'proxy' if what != 'local model' else what} "
-                f"(both CPUs, shared with {shared}): {two.load['rps'] / one.load['rps']:.2f}x (target >= 1.7x)"
+                f"(both CPUs, shared with {shared})"
             )
+            figures.append(Ratio(label, two.load["rps"] / one.load["rps"], "x", 2, " (target >= 1.7x)"))
+    return figures
+
+
+def ratio_lines(runs: Sequence[Sequence[Ratio]]) -> list[str]:
+    """One line per figure: its value after one run, else the median, range and count over the runs."""
+    if len(runs) == 1:
+        return [f"{r.label}: {r.value:.{r.digits}f}{r.unit}{r.note}" for r in runs[0]]
+    lines = []
+    for group in _grouped(runs, lambda ratio: ratio.label):
+        r, stats = group[0], _stats(ratio.value for ratio in group)
+        assert stats is not None
+        low, high = (f"{stats[k]:.{r.digits}f}" for k in ("min", "max"))
+        lines.append(
+            f"{r.label}: {stats['median']:.{r.digits}f}{r.unit} "
+            f"({low}{_dash(stats)}{high}{r.unit}, {len(group)} runs){r.note}"
+        )
     return lines
 
 
-def table(rows: Sequence[Row], plan: Plan) -> str:
-    """Markdown tables, so a run can be pasted into docs/performance.md as it is."""
+def _grouped(runs: Sequence[Sequence[T]], key: Callable[[T], Hashable]) -> list[list[T]]:
+    """The same item (by `key`) of every run that has it, in the order they first appear."""
+    groups: dict[Hashable, list[T]] = {}
+    for run in runs:
+        for item in run:
+            groups.setdefault(key(item), []).append(item)
+    return list(groups.values())
+
+
+def _stats(values: Iterable[float | None]) -> dict[str, float] | None:
+    present = [value for value in values if value is not None]
+    return {"median": median(present), "min": min(present), "max": max(present)} if present else None
+
+
+def _dash(stats: dict[str, float]) -> str:
+    """Between the ends of a range: "-" unless an end is negative, where it would read as a minus sign."""
+    return " to " if stats["min"] < 0 else "-"
+
+
+def _spread(values: Sequence[float | None], digits: int = 2) -> str:
+    """One figure as ``median (min-max)`` over the runs, or as it is after one run."""
+    stats = _stats(values)
+    if stats is None or len(values) == 1:
+        return _fmt(None if stats is None else stats["median"], digits)
+    low, high = _fmt(stats["min"], digits), _fmt(stats["max"], digits)
+    return f"{_fmt(stats['median'], digits)} ({low}{_dash(stats)}{high})"
+
+
+def _row_key(row: Row) -> tuple[str, str]:
+    return row.mode, row.name  # unique within a run: each row is measured once
+
+
+def _runs_note(group: Sequence[Any], runs: int) -> str:
+    return "" if len(group) == runs else f" [{len(group)} of {runs} runs]"
+
+
+def table(runs: Sequence[Sequence[Row]], plan: Plan) -> str:
+    """Markdown tables, so a run can be pasted into docs/performance.md as it is.
+
+    Over several runs every figure is the median with the range in brackets, and errors the total.
+    """
+    groups = _grouped(runs, _row_key)
     out = [
         "| what | req/s | p50 ms | p99 ms | server CPU us/req | Redis CPU us/req | errors |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for row in rows:
-        if row.mode == "throughput":
-            r = row.load
+    for group in groups:
+        if group[0].mode == "throughput":
+            loads = [row.load for row in group]
             out.append(
-                f"| {row.name} | {_fmt(r['rps'], 0)} | {_fmt(r['p50_ms'])} | {_fmt(r['p99_ms'])} | "
-                f"{_fmt(row.cpu_us_per_request, 0)} | {_fmt(row.redis_us_per_request, 0)} | {r['errors']} |"
+                f"| {group[0].name}{_runs_note(group, len(runs))} | {_spread([r['rps'] for r in loads], 0)} | "
+                f"{_spread([r['p50_ms'] for r in loads])} | {_spread([r['p99_ms'] for r in loads])} | "
+                f"{_spread([row.cpu_us_per_request for row in group], 0)} | "
+                f"{_spread([row.redis_us_per_request for row in group], 0)} | {sum(r['errors'] for r in loads)} |"
             )
     out += [
         "",
@@ -444,27 +519,83 @@ def table(rows: Sequence[Row], plan: Plan) -> str:
         "| what | achieved req/s | p50 ms | p90 ms | p99 ms | max ms | generator lag p99 ms | errors |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for row in rows:
-        if row.mode == "rate":
-            r = row.load
+    for group in groups:
+        if group[0].mode == "rate":
+            loads = [row.load for row in group]
             out.append(
-                f"| {row.name} | {_fmt(r['rps'], 0)} | {_fmt(r['p50_ms'])} | {_fmt(r['p90_ms'])} | "
-                f"{_fmt(r['p99_ms'])} | {_fmt(r['max_ms'])} | {_fmt(r.get('lag_p99_ms'))} | {r['errors']} |"
+                f"| {group[0].name}{_runs_note(group, len(runs))} | {_spread([r['rps'] for r in loads], 0)} | "
+                f"{_spread([r['p50_ms'] for r in loads])} | {_spread([r['p90_ms'] for r in loads])} | "
+                f"{_spread([r['p99_ms'] for r in loads])} | {_spread([r['max_ms'] for r in loads])} | "
+                f"{_spread([r.get('lag_p99_ms') for r in loads])} | {sum(r['errors'] for r in loads)} |"
             )
     return "\n".join(out)
 
 
-def clients_table(results: Sequence[dict[str, Any]]) -> str:
+def clients_table(runs: Sequence[Sequence[dict[str, Any]]]) -> str:
     out = [
         "| client alone | calls/s | CPU us/call | p50 ms | p99 ms | errors |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for r in results:
+    for group in _grouped(runs, lambda result: result["client"]):
         out.append(
-            f"| {r['client']} | {_fmt(r['calls_per_s'], 0)} | {_fmt(r['cpu_us_per_call'], 0)} | "
-            f"{_fmt(r['p50_ms'])} | {_fmt(r['p99_ms'])} | {r['errors']} |"
+            f"| {group[0]['client']}{_runs_note(group, len(runs))} | {_spread([r['calls_per_s'] for r in group], 0)} | "
+            f"{_spread([r['cpu_us_per_call'] for r in group], 0)} | {_spread([r['p50_ms'] for r in group])} | "
+            f"{_spread([r['p99_ms'] for r in group])} | {sum(r['errors'] for r in group)} |"
         )
     return "\n".join(out)
+
+
+@dataclass(slots=True)
+class Run:
+    """What one repetition of the plan measured."""
+
+    number: int
+    started: str
+    load_average: tuple[float, float, float]
+    rows: list[Row]
+    clients: list[dict[str, Any]]
+    failures: list[str]
+    ratios: list[Ratio]
+
+
+def run_once(number: int, plan: Plan, workdir: Path, models_dir: Path, switches_wired: bool) -> Run:
+    """The whole plan once, every server stopped before it returns; RuntimeError when a server would not start."""
+    workdir.mkdir(parents=True)
+    started, load_average = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), os.getloadavg()
+    with contextlib.ExitStack() as stack:
+        bench = Bench(plan, workdir, stack, models_dir)
+        bench.run()
+    ratios = ratio_figures(bench.rows, plan, switches_wired)
+    return Run(number, started, load_average, bench.rows, bench.clients, bench.failures, ratios)
+
+
+def _rows_json(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    return [{**asdict(row), "cpu_us_per_request": row.cpu_us_per_request} for row in rows]
+
+
+def medians_json(runs: Sequence[Run]) -> dict[str, Any]:
+    """Every figure of the final tables and ratio lines as {median, min, max} (null when no run has it)."""
+    rows = []
+    for group in _grouped([run.rows for run in runs], _row_key):
+        loads = [row.load for row in group]
+        figures = {key: _stats(r.get(key) for r in loads) for key in ("rps", "p50_ms", "p90_ms", "p99_ms", "max_ms")}
+        figures["lag_p99_ms"] = _stats(r.get("lag_p99_ms") for r in loads)
+        figures["cpu_us_per_request"] = _stats(row.cpu_us_per_request for row in group)
+        figures["redis_us_per_request"] = _stats(row.redis_us_per_request for row in group)
+        errors = sum(r["errors"] for r in loads)
+        rows.append({"name": group[0].name, "mode": group[0].mode, "runs": len(group), "errors": errors, **figures})
+    per_run = [run.ratios for run in runs]
+    ratios = [
+        {"label": group[0].label, "unit": group[0].unit, "note": group[0].note, "runs": len(group), "text": text}
+        | (_stats(ratio.value for ratio in group) or {})
+        for group, text in zip(_grouped(per_run, lambda ratio: ratio.label), ratio_lines(per_run), strict=True)
+    ]
+    clients = [
+        {"client": group[0]["client"], "runs": len(group), "errors": sum(r["errors"] for r in group)}
+        | {key: _stats(r[key] for r in group) for key in ("calls_per_s", "cpu_us_per_call", "p50_ms", "p99_ms")}
+        for group in _grouped([run.clients for run in runs], lambda result: result["client"])
+    ]
+    return {"rows": rows, "ratios": ratios, "clients_alone": clients}
 
 
 def environment(plan: Plan, notes: Sequence[str]) -> dict[str, Any]:
@@ -509,7 +640,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--load-cpu", type=int, default=1)
     parser.add_argument("--models-dir", type=Path, default=None, help="where the example models are trained")
     parser.add_argument("--json", type=Path, help="also write every figure here")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="run the whole plan N times; report medians and ranges (default 1)"
+    )
     args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     if args.smoke:
         args.duration, args.warmup, args.rate, args.rate_duration = 1.0, 0.0, 200.0, 1.0
     return args
@@ -564,41 +700,64 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.sched_setaffinity(0, {plan.load_cpu})  # this orchestrator stays off the server's CPU
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    with tempfile.TemporaryDirectory(prefix="abrouter-bench-") as tmp, contextlib.ExitStack() as stack:
-        workdir = Path(tmp)
-        models_dir = args.models_dir or workdir / "models"
-        try:
-            bench = Bench(plan, workdir, stack, models_dir)
-            bench.run()
-        except RuntimeError as exc:  # a server that would not start: nothing sensible to report
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        rows, failures, clients = bench.rows, bench.failures, bench.clients
+    runs: list[Run] = []
+    failures: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="abrouter-bench-") as tmp:
+        models_dir = args.models_dir or Path(tmp) / "models"  # shared by the runs: trained once
+        for number in range(1, args.repeat + 1):
+            if args.repeat > 1:
+                print(f"run {number}/{args.repeat}", file=sys.stderr)
+            try:
+                run = run_once(number, plan, Path(tmp) / f"run-{number}", models_dir, wired)
+            except RuntimeError as exc:  # a server that would not start: nothing sensible to report for this run
+                print(f"error: {exc}", file=sys.stderr)
+                failures.append(f"run {number}: {exc}")
+                continue
+            runs.append(run)
+            if args.repeat > 1:
+                failures += [f"run {number}: {failure}" for failure in run.failures]
+                for line in ratio_lines([run.ratios]):
+                    print(f"  - {line}", file=sys.stderr)
+            else:
+                failures += run.failures
+    if not runs:
+        return 1
     print()
-    print(table(rows, plan))
+    if args.repeat > 1:
+        print(f"Median of {len(runs)} runs (of {args.repeat}), lowest-highest in brackets; errors are totals:")
+        print()
+    print(table([run.rows for run in runs], plan))
     print()
-    if clients:
+    if any(run.clients for run in runs):
         print(f"Upstream clients alone ({plan.connections} concurrent calls, one process on the server CPU):")
         print()
-        print(clients_table(clients))
+        print(clients_table([run.clients for run in runs]))
         print()
-    for line in ratios(rows, plan, wired):
+    for line in ratio_lines([run.ratios for run in runs]):
         print(f"- {line}")
     for note in notes:
         print(f"- note: {note}")
     if args.json:
-        args.json.write_text(
-            json.dumps(
+        report: dict[str, Any] = {"environment": environment(plan, notes)}
+        if args.repeat == 1:
+            run = runs[0]
+            report |= {"rows": _rows_json(run.rows), "ratios": ratio_lines([run.ratios]), "clients_alone": run.clients}
+        else:
+            every = [
                 {
-                    "environment": environment(plan, notes),
-                    "rows": [{**asdict(row), "cpu_us_per_request": row.cpu_us_per_request} for row in rows],
-                    "ratios": ratios(rows, plan, wired),
-                    "clients_alone": clients,
-                    "failures": failures,
-                },
-                indent=2,
-            )
-        )
+                    "run": run.number,
+                    "started": run.started,
+                    "load_average": run.load_average,
+                    "rows": _rows_json(run.rows),
+                    "ratios": [asdict(ratio) | {"text": ratio_lines([[ratio]])[0]} for ratio in run.ratios],
+                    "clients_alone": run.clients,
+                    "failures": run.failures,
+                }
+                for run in runs
+            ]
+            report |= {"repeat": args.repeat, "runs": every, "medians": medians_json(runs)}
+        report["failures"] = failures
+        args.json.write_text(json.dumps(report, indent=2))
     for failure in failures:
         print(f"FAILED: {failure}", file=sys.stderr)
     return 1 if failures else 0

@@ -2,13 +2,14 @@
 
 It uses wrk and nginx when the machine has them and falls back to the Python load generator and
 upstream when it does not (it never installs anything here: `--no-install`). Only the default
-upstream client is started, which keeps the test under 30 s; tests/e2e/test_proxy_clients.py
+upstream client is started, which keeps a smoke run under 30 s; tests/e2e/test_proxy_clients.py
 covers the others.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,22 +20,31 @@ from router.settings import Settings
 from tests.fixtures.servers import ROOT
 
 
+def smoke_bench(
+    out: Path, trained_models: dict[str, Path], *extra: str, timeout_s: float = 100
+) -> subprocess.CompletedProcess[str]:
+    """`python -m bench.run --smoke` on the default client only, writing its JSON to `out`."""
+    default_client = Settings.model_fields["upstream_client"].default
+    models_dir = next(iter(trained_models.values())).parent
+    args = ["--smoke", "--no-install", "--clients", default_client, "--models-dir", str(models_dir), "--json", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.run", *args, *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
 def test_the_smoke_benchmark_measures_abrouter_against_its_baselines_without_errors(
     tmp_path: Path, trained_models: dict[str, Path]
 ) -> None:
     default_client = Settings.model_fields["upstream_client"].default
     out = tmp_path / "bench.json"
-    models_dir = next(iter(trained_models.values())).parent
-    args = ["--smoke", "--no-install", "--clients", default_client, "--models-dir", str(models_dir), "--json", str(out)]
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.run", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=100,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    smoke_bench(out, trained_models)
     report = json.loads(out.read_text())
     rows = {(row["mode"], row["name"]) for row in report["rows"]}
     assert {
@@ -53,6 +63,22 @@ def test_the_smoke_benchmark_measures_abrouter_against_its_baselines_without_err
     assert all(row["load"]["requests"] > 0 and row["load"]["errors"] == 0 for row in report["rows"])
     assert all(row["cpu_us_per_request"] > 0 for row in report["rows"] if row["name"].startswith("abrouter"))
     assert any("p99 added over direct" in line for line in report["ratios"])
+
+
+def test_a_repeated_benchmark_keeps_every_run_and_prints_the_median_and_range_of_each_figure(
+    tmp_path: Path, trained_models: dict[str, Path]
+) -> None:
+    default_client = Settings.model_fields["upstream_client"].default
+    out = tmp_path / "bench.json"
+    done = smoke_bench(out, trained_models, "--repeat", "2", timeout_s=200)
+    report = json.loads(out.read_text())
+    assert [run["run"] for run in report["runs"]] == [1, 2]
+    assert all(run["rows"] and run["ratios"] for run in report["runs"])
+    figure, spread = r"-?[\d,.]+", r"-?[\d,.]+(?:-| to )-?[\d,.]+"
+    row = rf"^\| abrouter proxy \({re.escape(default_client)}, on\) \| {figure} \({spread}\) \|"
+    assert re.search(row, done.stdout, re.MULTILINE), done.stdout
+    ratio = rf"^- p99 added over direct at 200 req/s: {figure} ms \({spread} ms, 2 runs\) \(target <= 2 ms\)$"
+    assert re.search(ratio, done.stdout, re.MULTILINE), done.stdout
 
 
 @pytest.mark.parametrize(
