@@ -284,6 +284,7 @@ class EventWriter:
         self._orphans: deque[SpillFile] = deque()
         self._batch: _Batch | None = None
         self._tallies: dict[tuple[str, str], _CallTally] = {}
+        self._written_to: set[str] = set()  # experiments whose writers hash holds this writer's sequence
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._wakeup = asyncio.Event()
         self._flush_now = False
@@ -442,10 +443,25 @@ class EventWriter:
                 # Whatever stopped the writer, the queue must still reach the spill file below.
                 log.exception("the event writer failed")
         self._enqueue_tallies()
-        self._persist_queue()
+        kept = self._persist_queue()
         for orphan in self._orphans:
             orphan.close()
         self._orphans.clear()
+        if kept == 0:
+            await self._forget_this_writer()
+
+    async def _forget_this_writer(self) -> None:
+        """Remove this writer's field from the writers hashes: every event of it is in Redis, none can come again.
+
+        Without this the hashes would grow by one field per process start. Best effort: a field
+        left behind (Redis away at the end, a crash) costs a few bytes and nothing else.
+        """
+        try:
+            async with asyncio.timeout(_SHUTDOWN_RETRY_S):
+                for experiment in sorted(self._written_to):
+                    await self._stats.forget_writer(experiment, self.writer_id)
+        except (StoreUnavailable, TimeoutError):
+            pass
 
     # -- the queue ---------------------------------------------------------------------------------
 
@@ -551,8 +567,11 @@ class EventWriter:
             groups.setdefault((writer, event.experiment), []).append(event)
         return _Batch(source=source, groups=groups, count=len(lines), end=end)
 
-    def _persist_queue(self) -> None:
-        """At shutdown: what Redis did not take goes to the spill file, ahead of what was already there."""
+    def _persist_queue(self) -> int:
+        """At shutdown: what Redis did not take goes to the spill file, ahead of what was already there.
+
+        Returns the events this process leaves in its spill file for the next start.
+        """
         head: list[Event] = []
         if self._batch is not None and self._batch.source is None:
             head = sorted((e for events in self._batch.groups.values() for e in events), key=lambda e: e.seq)
@@ -568,8 +587,9 @@ class EventWriter:
                     self._spill = self._spill or SpillFile.create(self._spill_dir, self.writer_id)
                     self._spill.append(lines, len(head))
             if self._spill is None:
-                return
-            if self._spill.pending == 0:
+                return 0
+            kept = self._spill.pending
+            if kept == 0:
                 self._spill.remove()
             else:
                 self._spill.sync()
@@ -582,7 +602,9 @@ class EventWriter:
         except OSError as exc:
             self.spill_errors += 1
             self._drop(len(head), f"cannot spill at shutdown: {exc}")
+            kept = max(len(head), 1)  # what the file holds is unknown now: keep this writer's sequence in Redis
         self._spill = None
+        return kept
 
     def _claim_orphans(self) -> None:
         claimed = {orphan.path for orphan in self._orphans}
@@ -660,6 +682,8 @@ class EventWriter:
             except StoreUnavailable as exc:
                 return exc.message
             del batch.groups[key]
+            if writer == self.writer_id:
+                self._written_to.add(experiment)
             self._account(experiment, events, applied)
             return None
 

@@ -411,6 +411,11 @@ class StatsStore:
             results={int(results[i]): _text(results[i + 1]) for i in range(0, len(results), 2)},
         )
 
+    async def forget_writer(self, experiment: str, writer: str) -> None:
+        """Drop `writer`'s last applied sequence: only once none of its events can be applied any more."""
+        with _translate_errors("forgetting an event writer"):
+            await self._redis.hdel(self._keys.writers(experiment), writer)
+
     async def read(
         self, experiment: str, *, variants: Sequence[str] = (), metrics: Sequence[str] = ()
     ) -> ExperimentStats:

@@ -523,3 +523,31 @@ async def test_outcomes_recorded_after_close_are_refused_so_the_caller_retries(
     with pytest.raises(StoreUnavailable, match="shutting down"):
         writer.record_outcomes(EXPERIMENT, [("u1", "revenue", 1.0)])
     assert writer.dropped == 0
+
+
+async def test_a_writer_that_closes_with_everything_written_leaves_no_field_in_the_writers_hash(
+    redis_client: redis.asyncio.Redis, make_writer: WriterFactory
+) -> None:
+    writer = make_writer(redis_client)
+    await writer.start()
+    expose(writer, "u1", "a")
+    assert await writer.drain(5)
+    assert await redis_client.hexists(Keys().writers("exp"), writer.writer_id)
+    await writer.close()
+    assert not await redis_client.hexists(Keys().writers("exp"), writer.writer_id)
+    assert (await read_stats(redis_client)).variant("a").units == 1
+
+
+async def test_a_writer_that_leaves_events_in_its_spill_file_keeps_its_field_for_their_replay(
+    fresh_redis_server: RedisServer, outage_client: redis.asyncio.Redis, make_writer: WriterFactory, spill_dir: Path
+) -> None:
+    writer = make_writer(outage_client)
+    await writer.start()
+    expose(writer, "u1", "a")
+    assert await writer.drain(5)
+    fresh_redis_server.stop()
+    expose(writer, "u2", "a")
+    await writer.close()
+    assert len(spill_files(spill_dir)) == 1
+    fresh_redis_server.start()
+    assert await outage_client.hexists(Keys().writers("exp"), writer.writer_id)
