@@ -238,6 +238,16 @@ class Bench:
         return servers.cpu_seconds([self.redis.pid]) if self.redis.pid is not None else 0.0
 
     @contextlib.contextmanager
+    def redis_on_load_cpu(self) -> Iterator[None]:
+        """Redis on the load generator's CPU for a block (forks it makes meanwhile inherit that CPU)."""
+        assert self.redis.pid is not None
+        servers.pin([self.redis.pid], self.plan.load_cpu)
+        try:
+            yield
+        finally:
+            servers.pin([self.redis.pid], self.plan.server_cpu)
+
+    @contextlib.contextmanager
     def upstream_on_server_cpu(self) -> Iterator[None]:
         """For the direct runs the upstream is the server under test, so it gets the server's CPU."""
         tree = servers.process_tree(self.upstream.pid)
@@ -315,6 +325,10 @@ class Bench:
                     # should see the same machine (an idle gateway beside the measured one costs nothing).
                     with self.serving(off):
                         self.measure(off.name, off, PREDICT)
+                    # The same gateway with Redis (and its AOF rewrites) on the other CPU, as when
+                    # Redis runs on a machine of its own: what logging costs the gateway itself.
+                    with self.redis_on_load_cpu():
+                        self.measure(redis_elsewhere_row(default), gateway, PREDICT)
                     self.measure(LOCAL_BATCHED, gateway, PREDICT_LOCAL)
                     with self.upstream_on_server_cpu():
                         self.measure("upstream direct", self.upstream, "/predict", rate=plan.rate)
@@ -358,6 +372,10 @@ class Bench:
             if result["errors"]:
                 self.failures.append(f"client {result['client']} alone: {result['errors']} errors")
             print(f"  client {result['client']} alone: {json.dumps(result)}", file=sys.stderr)
+
+
+def redis_elsewhere_row(client: str) -> str:
+    return f"abrouter proxy ({client}, on, Redis on the load CPU)"
 
 
 def scaling_row(what: str, workers: int) -> str:
@@ -410,6 +428,11 @@ def ratio_figures(rows: Sequence[Row], plan: Plan, switches_wired: bool) -> list
         cost = 1 - main.load["rps"] / off.load["rps"]
         wired = "" if switches_wired else " [switches not wired yet: on and off are the same gateway]"
         figures.append(Ratio("logging + metrics cost", cost * 100, "%", 1, f" of throughput (target <= 10%){wired}"))
+    elsewhere = find(rows, "throughput", redis_elsewhere_row(plan.default_client))
+    if elsewhere and off:
+        cost = 1 - elsewhere.load["rps"] / off.load["rps"]
+        label = "logging + metrics cost, Redis on the other CPU"
+        figures.append(Ratio(label, cost * 100, "%", 1, " of throughput (the target's measure is the line above)"))
     for client in plan.clients:
         row = find(rows, "throughput", f"abrouter proxy ({client}, on)")
         if row and main:
