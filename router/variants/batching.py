@@ -61,22 +61,26 @@ class MicroBatcher:
         self._name = name
         self._waiting: deque[_Waiting] = deque()
         self._worker: asyncio.Task[None] | None = None
+        # A call that found the model idle sits in `_waiting` until its worker task first runs; it is
+        # about to run, not queued behind anything, so it does not count against `max_queue`.
+        self._starting = False
 
     @property
     def waiting(self) -> int:
-        """Calls queued behind the batch that is running."""
-        return len(self._waiting)
+        """Calls queued behind the batch that is running (or about to run)."""
+        return len(self._waiting) - self._starting
 
     async def predict(self, rows: Rows) -> Outputs:
         """The model's outputs for `rows`, computed alone or as part of a batch."""
-        if len(self._waiting) >= self._batching.max_queue:
+        if self.waiting >= self._batching.max_queue:
             raise ModelOverloaded(
-                f"model {self._name} has {len(self._waiting)} calls waiting, the most allowed "
+                f"model {self._name} has {self.waiting} calls waiting, the most allowed "
                 "(ABROUTER_LOCAL_MAX_QUEUE); retry later"
             )
         waiting = _Waiting(rows, asyncio.get_running_loop().create_future())
         self._waiting.append(waiting)
         if self._worker is None:
+            self._starting = True
             self._worker = asyncio.create_task(self._work(), name=f"batches of {self._name}")
             self._worker.add_done_callback(_report_failure)
         return await waiting.answer
@@ -85,11 +89,13 @@ class MicroBatcher:
         """Run batches while calls wait; the next call to find the model idle starts a new worker."""
         try:
             while self._waiting:
+                self._starting = False
                 batch = self._next_batch()
                 if batch:
                     await self._serve(batch)
         finally:
             self._worker = None
+            self._starting = False
             # Cancelled at shutdown: nobody will serve these calls any more.
             while self._waiting:
                 self._waiting.popleft().answer.cancel()

@@ -35,8 +35,13 @@ def local_experiment(model: Path, name: str) -> object:
     )
 
 
-def concurrently(client: TestClient, path: str, users: list[str]) -> list[tuple[int, dict[str, object]]]:
-    """POST one row per user, all at once from threads; (status, JSON body) per call."""
+def concurrently(
+    client: TestClient, path: str, users: list[str], *, first_alone_s: float = 0.0
+) -> list[tuple[int, dict[str, object]]]:
+    """POST one row per user from threads; (status, JSON body) per call.
+
+    With `first_alone_s`, the first user's call gets that long on its own before the others start.
+    """
     results: list[tuple[int, dict[str, object]]] = []
     lock = threading.Lock()
 
@@ -46,8 +51,10 @@ def concurrently(client: TestClient, path: str, users: list[str]) -> list[tuple[
             results.append((response.status_code, response.json()))
 
     threads = [threading.Thread(target=call, args=(user,)) for user in users]
-    for thread in threads:
+    for i, thread in enumerate(threads):
         thread.start()
+        if i == 0 and first_alone_s:
+            time.sleep(first_alone_s)
     for thread in threads:
         thread.join(30)
     return results
@@ -59,7 +66,8 @@ def test_a_call_finding_the_local_models_queue_full_gets_a_503_json_error(
     model = tmp_path / "sleepy.joblib"
     joblib.dump(SleepyModel(), model)
     client = gateway([local_experiment(model, "sleepy")], settings={"local_max_queue": 1})
-    results = concurrently(client, "/v1/experiments/sleepy/predict", ["u1", "u2", "u3"])
+    # u1 keeps the model busy for 0.5 s; of u2 and u3, sent meanwhile, one waits and one is refused.
+    results = concurrently(client, "/v1/experiments/sleepy/predict", ["u1", "u2", "u3"], first_alone_s=0.2)
     statuses = sorted(status for status, _ in results)
     assert statuses == [200, 200, 503], results
     refused = next(body for status, body in results if status == 503)

@@ -115,6 +115,14 @@ async def test_a_call_past_the_queue_limit_is_refused_at_once_and_the_queued_one
     assert [a["predictions"] for a in answers] == [[-2.0], [2.0], [4.0]]
 
 
+async def test_the_call_that_wakes_an_idle_model_does_not_count_against_the_queue_limit() -> None:
+    """All three arrive before the worker task first runs: the first is about to run, the second queues."""
+    model = GatedModel()
+    local = gated(model, max_queue=1)
+    answers = await asyncio.gather(*(local.predict(payload(float(i))) for i in (1, 2, 3)), return_exceptions=True)
+    assert [a["predictions"] if isinstance(a, dict) else type(a) for a in answers] == [[2.0], [4.0], ModelOverloaded]
+
+
 async def test_a_call_the_model_fails_on_fails_alone_and_its_batch_mates_are_answered() -> None:
     model = GatedModel(poison=13.0)
     local = gated(model)
