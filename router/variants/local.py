@@ -174,21 +174,22 @@ class LocalModel:
     def _one_pass_agrees(self) -> bool:
         """Whether the one-pass answer equals the two calls' on probe rows: the boosting path uses private
         scikit-learn API, and a release that changes it must cost speed, never a wrong or failed answer."""
-        one_pass = self._one_pass
-        if one_pass is None or self.n_features is None:
+        if self.n_features is None:
             return False
         probe = np.linspace(-2.0, 2.0, 4 * self.n_features).reshape(4, self.n_features)
         try:
-            with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
-                features = probe
-                for step in self._transforms:
-                    features = step.transform(features)
-                predictions, probabilities = one_pass(self._final, features)
-                agrees = np.array_equal(predictions, self._final.predict(features)) and np.array_equal(
-                    probabilities, self._final.predict_proba(features)
-                )
+            (one_predictions, one_probabilities), (predictions, probabilities) = (
+                self._outputs(probe, one_pass=True),
+                self._outputs(probe, one_pass=False),
+            )
         except Exception:  # whatever the model raises on made-up rows: take the two calls, which are its own
             return False
+        agrees = (
+            one_probabilities is not None
+            and probabilities is not None
+            and np.array_equal(one_predictions, predictions)
+            and np.array_equal(one_probabilities, probabilities)
+        )
         if not agrees:
             log.warning("model %s: one-pass outputs differ from predict/predict_proba; using two calls", self.path)
         return agrees
@@ -196,30 +197,32 @@ class LocalModel:
     def _run(self, rows: Rows) -> Outputs:
         """The one blocking model call; the micro-batcher hands it many calls' rows at once."""
         try:
-            # The rows are checked finite already and the estimator's parameters were checked when it
-            # was fitted: skipping both checks saves about a quarter of a pipeline's time per call.
-            # Every estimator call still checks its input (100-200 us even for one row), hence one pass:
-            # each transforming step once, and the final estimator once where it allows (`_one_pass`).
-            with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
-                features = rows
-                for step in self._transforms:
-                    features = step.transform(features)
-                probabilities = None
-                if self._one_pass is not None:
-                    predictions, probabilities = self._one_pass(self._final, features)
-                else:
-                    predictions = self._final.predict(features)
-                    if self.has_proba:
-                        probabilities = self._final.predict_proba(features)
-                predictions = np.asarray(predictions)
-                if probabilities is not None:
-                    probabilities = np.asarray(probabilities, dtype=np.float64)
+            predictions, probabilities = self._outputs(rows, one_pass=self._one_pass is not None)
         # A model may raise anything on input we accept; translate it here, where the model is called.
         except Exception as exc:
             raise PredictionError(f"model {self.path} failed on {len(rows)} rows: {type(exc).__name__}: {exc}") from exc
         if len(predictions) != len(rows) or (probabilities is not None and len(probabilities) != len(rows)):
             raise PredictionError(f"model {self.path} answered {len(predictions)} predictions for {len(rows)} rows")
         return predictions, probabilities
+
+    def _outputs(self, rows: Rows, *, one_pass: bool) -> Outputs:
+        """Predictions and probabilities (None without predict_proba): each transforming step once, then the
+        final estimator once (`one_pass`, only when `_one_pass` is set) or by its predict and predict_proba."""
+        # The rows are checked finite already and the estimator's parameters were checked when it
+        # was fitted: skipping both checks saves about a quarter of a pipeline's time per call.
+        # Every estimator call still checks its input (100-200 us even for one row), hence one pass.
+        with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+            features = rows
+            for step in self._transforms:
+                features = step.transform(features)
+            probabilities = None
+            if one_pass and self._one_pass is not None:
+                predictions, probabilities = self._one_pass(self._final, features)
+            else:
+                predictions = self._final.predict(features)
+                if self.has_proba:
+                    probabilities = self._final.predict_proba(features)
+        return np.asarray(predictions), None if probabilities is None else np.asarray(probabilities, dtype=np.float64)
 
 
 def _pipeline_parts(estimator: Any) -> tuple[tuple[Any, ...], Any]:
