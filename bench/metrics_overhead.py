@@ -32,22 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from prometheus_client import CollectorRegistry
 
 from bench.inprocess import gateway, one_round, private_redis
-from router.metrics import MULTIPROC_ENV, Metrics, UpstreamErrorKind
-
-
-class NoMetrics(Metrics):
-    """Records nothing on the prediction path: the 'off' side of the comparison."""
-
-    def request(self, experiment: str, variant: str, reason: str, status: int, duration_s: float) -> None:
-        pass
-
-    def upstream_call(
-        self, experiment: str, variant: str, duration_s: float, error: UpstreamErrorKind | None = None
-    ) -> None:
-        pass
-
-    def fallback(self, experiment: str, variant: str) -> None:
-        pass
+from router.metrics import MULTIPROC_ENV, Metrics, NullMetrics
 
 
 async def predict_path(
@@ -56,7 +41,7 @@ async def predict_path(
     results: dict[str, list[float]] = {"on": [], "off": []}
     async with gateway(redis_url, data_dir) as (services, client):
         metrics_on = services.metrics
-        metrics_off = NoMetrics(CollectorRegistry())
+        metrics_off = NullMetrics()
         units = itertools.count()
         await one_round(client, units, seconds=min(seconds, 1.0), concurrency=concurrency)  # warm-up
         for _ in range(rounds):

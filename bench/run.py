@@ -241,21 +241,12 @@ class Bench:
     def redis_on_load_cpu(self) -> Iterator[None]:
         """Redis on the load generator's CPU for a block (forks it makes meanwhile inherit that CPU)."""
         assert self.redis.pid is not None
-        servers.pin([self.redis.pid], self.plan.load_cpu)
-        try:
+        with moved([self.redis.pid], self.plan.load_cpu, back=self.plan.server_cpu):
             yield
-        finally:
-            servers.pin([self.redis.pid], self.plan.server_cpu)
 
-    @contextlib.contextmanager
-    def upstream_on_server_cpu(self) -> Iterator[None]:
+    def upstream_on_server_cpu(self) -> contextlib.AbstractContextManager[None]:
         """For the direct runs the upstream is the server under test, so it gets the server's CPU."""
-        tree = servers.process_tree(self.upstream.pid)
-        servers.pin(tree, self.plan.server_cpu)
-        try:
-            yield
-        finally:
-            servers.pin(tree, self.plan.load_cpu)
+        return moved(servers.process_tree(self.upstream.pid), self.plan.server_cpu, back=self.plan.load_cpu)
 
     def abrouter(
         self, name: str, *, client: str, switches_on: bool, batching: bool = True, workers: int = 1
@@ -372,6 +363,16 @@ class Bench:
             if result["errors"]:
                 self.failures.append(f"client {result['client']} alone: {result['errors']} errors")
             print(f"  client {result['client']} alone: {json.dumps(result)}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def moved(pids: Sequence[int], cpu: int | None, *, back: int | None) -> Iterator[None]:
+    """Processes pinned to `cpu` for a block, then to `back`."""
+    servers.pin(pids, cpu)
+    try:
+        yield
+    finally:
+        servers.pin(pids, back)
 
 
 def redis_elsewhere_row(client: str) -> str:
