@@ -26,7 +26,7 @@ import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Final
+from typing import Final, NamedTuple
 
 import orjson
 import redis.exceptions
@@ -64,9 +64,12 @@ class EventKind(StrEnum):
 ARGUMENTS: Final[Mapping[EventKind, int]] = {EventKind.EXPOSURE: 7, EventKind.OUTCOME: 5, EventKind.CALLS: 4}
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One event in the form the script takes: kind, per-writer sequence number and string arguments."""
+class Event(NamedTuple):
+    """One event in the form the script takes: kind, per-writer sequence number and string arguments.
+
+    A named tuple rather than a frozen dataclass: one is made per exposure on the request path, and a
+    tuple costs half as much to build.
+    """
 
     experiment: str
     seq: int
