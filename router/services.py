@@ -143,11 +143,13 @@ async def open_services(
     )
     shadow = ShadowMirror(metrics, max_in_flight=settings.shadow_max_in_flight)
     refresher: asyncio.Task[None] | None = None
+    metrics_flusher: asyncio.Task[None] | None = None
     try:
         with contextlib.suppress(StoreUnavailable):
             await live.refresh(strict=True)
         sync = ConfigSync(live, store, interval_s=settings.config_refresh_s)
         refresher = asyncio.create_task(sync.run(), name="config-sync")
+        metrics_flusher = asyncio.create_task(metrics.flush_periodically(), name="metrics-flush")
         await events.start()
         yield Services(
             settings=settings,
@@ -168,9 +170,11 @@ async def open_services(
         await shadow.close()
         # Before the client closes: shutdown (SIGTERM) writes or spills every pending event.
         await events.close()
-        if refresher is not None:
-            refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await refresher
+        for task in (refresher, metrics_flusher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        metrics.flush()  # the last calls' counts, into this worker's files before it is marked dead
         await upstream.aclose()
         await client.aclose()

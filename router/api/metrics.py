@@ -24,6 +24,7 @@ async def metrics(request: Request) -> Response:
     services: Services = request.app.state.services
     if not services.settings.metrics_enabled:
         raise FeatureDisabled("this gateway keeps no metrics: it runs with ABROUTER_METRICS_ENABLED=false")
+    services.metrics.flush()  # on the event loop, where the prediction path counts
     # built here, on the event loop, so it copies the config in force while nothing changes it
     collector = scrape_collector(services.metrics, multiprocess_dir())
     body, content_type = await anyio.to_thread.run_sync(render, collector, request.headers.get("accept"))

@@ -28,6 +28,7 @@ from starlette.testclient import TestClient
 
 from router.app import create_app
 from router.config.schema import Experiment
+from router.metrics import FLUSH_INTERVAL_S
 from router.settings import Settings
 from router.store.configs import ConfigStore
 from router.store.embedded import RedisServer, free_port
@@ -372,7 +373,12 @@ def served_by_two_workers(
         directory = (tmp_path / "data" / "prometheus" / str(server.process.pid)).resolve()
         _wait_for_workers(directory, 2)
         variants = asyncio.run(_send(server.url, N_CALLS))
+        # The worker answering the scrape flushes its own counts; the other hands its over every second.
         samples = scrape(server.url)
+        deadline = time.monotonic() + 10 * FLUSH_INTERVAL_S
+        while total(samples, "abrouter_requests_total") < N_CALLS and time.monotonic() < deadline:
+            time.sleep(0.2)
+            samples = scrape(server.url)
         per_worker = {}
         for pid in _worker_pids(directory, "counter"):
             merged = MultiProcessCollector.merge([str(directory / f"counter_{pid}.db")])

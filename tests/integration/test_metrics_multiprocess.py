@@ -38,6 +38,7 @@ def work():
         metrics.experiment_retired(name)
     for args in spec.get("requests", []):
         metrics.request(*args)
+    metrics.flush()  # what the app's flush_periodically does within a second
     if "pending" in spec:
         metrics.set_events_pending(spec["pending"])
     print("ready", flush=True)

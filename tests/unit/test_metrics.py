@@ -209,6 +209,72 @@ def test_counting_after_an_experiment_came_back_continues_its_series(
     assert value(registry, "abrouter_requests_total", experiment="exp", variant="a", reason="hashed", status="200") == 2
 
 
+def histogram_samples(registry: CollectorRegistry, family: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for metric in registry.collect()
+        if metric.name == family
+        for sample in metric.samples
+    }
+
+
+def test_durations_handed_over_in_bulk_give_the_series_observe_gives() -> None:
+    """Guards `_Observations.hand_to`, which writes prometheus-client's per-bucket values directly."""
+    from prometheus_client import Histogram
+
+    from router.metrics import LATENCY_BUCKETS
+
+    durations = [0.0, 0.0004, *LATENCY_BUCKETS, *(bound * 1.01 for bound in LATENCY_BUCKETS), 45.0, 1e9]
+    durations += [bound - 1e-12 for bound in LATENCY_BUCKETS]
+    bulk_registry, reference_registry = CollectorRegistry(), CollectorRegistry()
+    bulk = Metrics(bulk_registry)
+    reference = Histogram(
+        "abrouter_request_duration_seconds",
+        "",
+        ["experiment", "variant"],
+        buckets=LATENCY_BUCKETS,
+        registry=reference_registry,
+    )
+    for rounds in range(2):  # twice: a second flush adds to the series, it does not replace them
+        for duration in durations:
+            bulk.request("exp", "a", "hashed", 200, duration)
+            reference.labels("exp", "a").observe(duration)
+        got = histogram_samples(bulk_registry, "abrouter_request_duration_seconds")
+        want = histogram_samples(reference_registry, "abrouter_request_duration_seconds")
+        assert got.keys() == want.keys()
+        for key, expected in want.items():
+            assert got[key] == pytest.approx(expected, rel=1e-12), (rounds, key)
+
+
+def test_upstream_durations_are_handed_over_too(metrics: Metrics, registry: CollectorRegistry) -> None:
+    for duration in (0.003, 0.003, 2.0):
+        metrics.upstream_call("exp", "b", duration)
+    labels = {"experiment": "exp", "variant": "b"}
+    assert value(registry, "abrouter_upstream_duration_seconds_count", **labels) == 3
+    assert value(registry, "abrouter_upstream_duration_seconds_bucket", **labels, le="0.005") == 2
+    assert value(registry, "abrouter_upstream_duration_seconds_sum", **labels) == pytest.approx(2.006)
+
+
+def test_a_collection_on_another_thread_leaves_the_tallies_to_the_owning_thread(
+    metrics: Metrics, registry: CollectorRegistry
+) -> None:
+    """The /metrics handler renders in a worker thread; it flushes on the event loop before handing over."""
+    import threading
+
+    metrics.request("exp", "a", "hashed", 200, 0.01)
+    seen: list[float | None] = []
+    reader = threading.Thread(
+        target=lambda: seen.append(
+            value(registry, "abrouter_requests_total", experiment="exp", variant="a", reason="hashed", status="200")
+        )
+    )
+    reader.start()
+    reader.join()
+    assert seen == [None]  # not flushed there
+    metrics.flush()
+    assert value(registry, "abrouter_requests_total", experiment="exp", variant="a", reason="hashed", status="200") == 1
+
+
 def test_two_metrics_objects_in_separate_registries_do_not_share_counts() -> None:
     first, second = CollectorRegistry(), CollectorRegistry()
     Metrics(first).request("exp", "a", "hashed", 200, 0.01)
