@@ -11,16 +11,12 @@ after a weight change the running minimum of the old shares says nothing and a n
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-import redis.exceptions
-
-from router.errors import StoreUnavailable
-from router.store.client import RedisClient
+from router.store.client import RedisClient, translate_errors
 from router.store.keys import Keys
 
 # KEYS: the srm hash. ARGV: the shares' signature, this look's p-value, config version, time (ms).
@@ -72,23 +68,14 @@ class SrmLooks:
     async def record(self, experiment: str, *, shares: Mapping[str, float], p_value: float, version: int) -> float:
         """Record a look with this `p_value` at these `shares`; the running minimum including it."""
         args = [shares_signature(shares), repr(float(p_value)), str(version), str(int(time.time() * 1000))]
-        with _translate_errors("recording an SRM look"):
+        with translate_errors("recording an SRM look"):
             result = await self._record(keys=[self._keys.srm(experiment)], args=args)
         return float(result.decode() if isinstance(result, bytes) else result)
 
     async def last(self, experiment: str) -> SrmLook | None:
         """The stored running minimum and its number of looks, None before the first look."""
-        with _translate_errors("reading the SRM looks"):
+        with translate_errors("reading the SRM looks"):
             p_value, looks = await self._redis.hmget(self._keys.srm(experiment), ["p_value", "looks"])
         if p_value is None:
             return None
         return SrmLook(p_value=float(p_value), looks=int(looks or 0))
-
-
-@contextlib.contextmanager
-def _translate_errors(doing: str) -> Iterator[None]:
-    """Redis errors become `StoreUnavailable` here and nowhere above."""
-    try:
-        yield
-    except (redis.exceptions.RedisError, TimeoutError) as exc:
-        raise StoreUnavailable(f"{doing} in Redis failed: {type(exc).__name__}: {exc}") from exc

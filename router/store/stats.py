@@ -22,18 +22,15 @@ and their outcomes stay unattributed even if the unit is exposed later.
 from __future__ import annotations
 
 import bisect
-import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final, NamedTuple
 
 import orjson
-import redis.exceptions
 
 from router.config.schema import MetricKind
-from router.errors import StoreUnavailable
-from router.store.client import RedisClient
+from router.store.client import RedisClient, translate_errors
 from router.store.keys import Keys
 
 #: Upper bounds (ms) of the fixed latency buckets; one more bucket holds everything slower.
@@ -396,7 +393,7 @@ class StatsStore:
             extend(event.args)
         payload = orjson.dumps(flat)
         keys = self._keys
-        with _translate_errors("writing events"):
+        with translate_errors("writing events"):
             counts, results = await self._apply(
                 keys=[
                     keys.exposed(experiment),
@@ -416,14 +413,14 @@ class StatsStore:
 
     async def forget_writer(self, experiment: str, writer: str) -> None:
         """Drop `writer`'s last applied sequence: only once none of its events can be applied any more."""
-        with _translate_errors("forgetting an event writer"):
+        with translate_errors("forgetting an event writer"):
             await self._redis.hdel(self._keys.writers(experiment), writer)
 
     async def read(
         self, experiment: str, *, variants: Sequence[str] = (), metrics: Sequence[str] = ()
     ) -> ExperimentStats:
         """Every statistic of `experiment` in one command; `variants` and `metrics` are present even at zero."""
-        with _translate_errors("reading statistics"):
+        with translate_errors("reading statistics"):
             row = await self._redis.hgetall(self._keys.stats(experiment))
         return parse_stats(experiment, {_text(k): _text(v) for k, v in row.items()}, variants, metrics)
 
@@ -486,12 +483,3 @@ def parse_stats(
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-@contextlib.contextmanager
-def _translate_errors(doing: str) -> Iterator[None]:
-    """Redis errors (and our own timeouts around them) become `StoreUnavailable` here and nowhere above."""
-    try:
-        yield
-    except (redis.exceptions.RedisError, TimeoutError) as exc:
-        raise StoreUnavailable(f"{doing} in Redis failed: {type(exc).__name__}: {exc}") from exc
