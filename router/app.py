@@ -25,6 +25,7 @@ from router.api.outcomes import outcomes
 from router.api.predict import PredictEndpoint
 from router.api.reports import ROUTES as REPORT_ROUTES
 from router.api.responses import JSONResponse
+from router.api.rollout import ROUTES as ROLLOUT_ROUTES
 from router.metrics import Metrics, multiprocess_dir, worker_lifetime
 from router.services import open_services
 from router.settings import Settings
@@ -68,6 +69,7 @@ def create_app(
             Route("/metrics", metrics, methods=["GET"]),
             *ADMIN_ROUTES,  # every one behind @admin_only
             *REPORT_ROUTES,  # behind @admin_only too
+            *ROLLOUT_ROUTES,  # and these
         ],
         middleware=[
             Middleware(PredictFastPath, endpoint=predict),  # first: predict calls skip the rest (the hot path)

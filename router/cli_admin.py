@@ -1,6 +1,6 @@
 """The `abrouter` commands that edit experiments through a running gateway's control plane (SPEC section 9).
 
-apply, list, get, set-weights, promote, rollback, history, report. Each takes `--url`, `--token` and
+apply, list, get, set-weights, promote, rollback, history, rollout, report. Each takes `--url`, `--token` and
 `--json`; tables are for people, `--json` prints the gateway's answers for scripts. Exit codes as
 for every command: 0 ok, 1 failure, 2 bad usage (a missing token counts as bad usage).
 """
@@ -31,6 +31,9 @@ from router.reports.render import render_table, report_renderable
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 TOKEN_ENV: Final = "ABROUTER_ADMIN_TOKEN"
 REPORT_FORMATS: Final = ("table", "json", "html")
+ROLLOUT_ACTIONS: Final = ("pause", "resume", "advance", "abort")
+#: decisions `abrouter rollout` prints (the gateway sends up to 100; --json shows them all)
+ROLLOUT_DECISIONS_SHOWN: Final = 10
 
 # Piped output is not wrapped at 80 columns: scripts grep lines, and a folded table row breaks that.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
@@ -79,6 +82,14 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     history = command("history", history_command, "every version: time, actor and what changed")
     history.add_argument("name")
+
+    rollout = command(
+        "rollout", rollout_command, "a progressive rollout: where it stands and its decisions, or step in"
+    )
+    rollout.add_argument("name")
+    rollout.add_argument(
+        "action", nargs="?", choices=ROLLOUT_ACTIONS, help="pause, resume, advance or abort (default: only show it)"
+    )
 
     report = command("report", report_command, "the experiment report: sample-ratio check, variants, metrics")
     report.add_argument("name")
@@ -236,6 +247,30 @@ def history_command(args: argparse.Namespace, client: AdminClient) -> int:
     table = _table("VERSION", "TIME", "BY", "CHANGE")
     for v in history["versions"]:
         table.add_row(Text(str(v["version"])), Text(v["updated_at"]), Text(v["updated_by"]), Text(v["change"]))
+    out.print(table)
+    return EXIT_OK
+
+
+def rollout_command(args: argparse.Namespace, client: AdminClient) -> int:
+    """Show the rollout (after the action, if one is given): its share, phase and latest decisions."""
+    rollout = client.rollout(args.name, args.action)
+    if args.json:
+        _print_json(rollout)
+        return EXIT_OK
+    percent = rollout["percent"]
+    share = f"{percent:g}%" if percent is not None else "-"
+    steps = ", ".join(f"{step:g}" for step in rollout["steps"])
+    headline = f"{rollout['experiment']}: canary {rollout['canary']} at {share}, {rollout['phase']}"
+    out.print(Text(f"{headline} (steps {steps}; next decision {rollout['next_decision_at'] or '-'})"))
+    table = _table("TIME", "DECISION", "BY", "SHARE", "WHY", title="latest decisions")
+    for decision in rollout["decisions"][:ROLLOUT_DECISIONS_SHOWN]:
+        table.add_row(
+            Text(decision["at"]),
+            Text(decision["decision"]),
+            Text(decision["actor"]),
+            Text(f"{decision['percent']:g}%"),
+            Text(decision["reason"]),
+        )
     out.print(table)
     return EXIT_OK
 

@@ -86,6 +86,12 @@ class AdminClient:
     def archive(self, name: str, *, if_match: int | None = None) -> dict[str, Any]:
         return self._call("DELETE", _path(name), if_match=if_match)
 
+    def rollout(self, name: str, action: str | None = None) -> dict[str, Any]:
+        """Where the rollout stands (GET), or after an operator's `action` (pause, resume, advance, abort)."""
+        if action is None:
+            return self._call("GET", _path(name, "rollout"))
+        return self._call("POST", _path(name, f"rollout/{quote(action, safe='')}"))
+
     def report(self, name: str) -> dict[str, Any]:
         """The experiment report as JSON (SPEC section 6)."""
         return self._call("GET", _path(name, "report"))

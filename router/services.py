@@ -20,6 +20,8 @@ from router.errors import StoreUnavailable
 from router.live_config import LiveConfig
 from router.metrics import Metrics, NullMetrics
 from router.proxy import UpstreamClient, open_upstream_client
+from router.rollout.controller import RolloutController
+from router.rollout.state import RolloutStore
 from router.settings import Settings
 from router.shadow import ShadowMirror
 from router.store.client import RedisClient
@@ -49,6 +51,7 @@ class Services:
     sticky: StickyStore
     srm: SrmLooks
     shadow: ShadowMirror
+    rollouts: RolloutStore
 
     async def redis_problem(self) -> str | None:
         """None when Redis answers a PING in time, else what went wrong (for /readyz)."""
@@ -144,12 +147,19 @@ async def open_services(
     shadow = ShadowMirror(metrics, max_in_flight=settings.shadow_max_in_flight)
     refresher: asyncio.Task[None] | None = None
     metrics_flusher: asyncio.Task[None] | None = None
+    rollouts = RolloutStore(client, keys=keys)
+    controller = RolloutController(
+        live=live, configs=store, rollouts=rollouts, stats=stats, metrics=metrics, tick_s=settings.rollout_tick_s
+    )
+    rollout_driver: asyncio.Task[None] | None = None
     try:
         with contextlib.suppress(StoreUnavailable):
             await live.refresh(strict=True)
         sync = ConfigSync(live, store, interval_s=settings.config_refresh_s)
         refresher = asyncio.create_task(sync.run(), name="config-sync")
         metrics_flusher = asyncio.create_task(metrics.flush_periodically(), name="metrics-flush")
+        if settings.rollout_enabled:
+            rollout_driver = asyncio.create_task(controller.run(), name="rollout-controller")
         await events.start()
         yield Services(
             settings=settings,
@@ -164,17 +174,20 @@ async def open_services(
             sticky=sticky,
             srm=SrmLooks(client, keys=keys),
             shadow=shadow,
+            rollouts=rollouts,
         )
     finally:
         # First: mirrors still in flight use the upstream client and the models.
         await shadow.close()
         # Before the client closes: shutdown (SIGTERM) writes or spills every pending event.
         await events.close()
-        for task in (refresher, metrics_flusher):
+        for task in (refresher, metrics_flusher, rollout_driver):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if rollout_driver is not None:
+            await controller.close()  # another process takes the leases over at once
         metrics.flush()  # the last calls' counts, into this worker's files before it is marked dead
         await upstream.aclose()
         await client.aclose()

@@ -71,6 +71,12 @@ class Settings(BaseSettings):
         default=True, description="log exposures, call counts and outcomes to Redis (off: no analysis, no outcomes)"
     )
     metrics_enabled: bool = Field(default=True, description="keep Prometheus metrics and serve /metrics")
+    rollout_enabled: bool = Field(
+        default=True, description="run the progressive-rollout controller here (one process per rollout acts)"
+    )
+    rollout_tick_s: float = Field(
+        default=1.0, gt=0, description="how often the rollout controller looks for a due decision"
+    )
     local_batching: bool = Field(
         default=True, description="gather concurrent calls of one local model into one model call"
     )

@@ -390,6 +390,70 @@ REPORT_OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
     },
 }
 
+# --- the progressive rollout (router.api.rollout): admin auth too ------------------------------------------------
+
+_ROLLOUT: Final = {
+    "type": "object",
+    "description": "Where a progressive rollout stands (SPEC section 7); docs/rollout.md explains each field",
+    "properties": {
+        "experiment": {"type": "string"},
+        "config_version": {"type": "integer"},
+        "canary": {"type": "string"},
+        "steps": {"type": "array", "items": {"type": "number"}},
+        "rollout": {"type": "object", "description": "the `rollout` block of the config in force"},
+        "phase": {"enum": ["pending", "running", "paused", "rolled_back", "aborted", "promoted"]},
+        "step": {"type": ["integer", "null"], "description": "index into steps"},
+        "percent": {"type": ["number", "null"], "description": "the canary's share of traffic now"},
+        "weights_applied": {"type": ["boolean", "null"]},
+        "next_decision_at": {"type": ["string", "null"], "format": "date-time"},
+        "lease": {"type": ["object", "null"], "description": "the gateway process running the controller"},
+        "decisions": {
+            "type": "array",
+            "description": "newest first: decision, actor, reason, shares, units per arm and every gate's result",
+            "items": {"type": "object"},
+        },
+    },
+    "required": ["experiment", "phase", "decisions"],
+}
+
+ROLLOUT_OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
+    ("/v1/experiments/{name}/rollout", "get"): {
+        "summary": "The progressive rollout: phase, step, the canary's share, and every decision with its inputs",
+        **_ADMIN,
+        "parameters": [_NAME_PARAM],
+        "responses": {
+            "200": {"description": "the rollout", "content": {"application/json": {"schema": _ref("Rollout")}}},
+            **_errors(401, 404, 409, 503),
+        },
+    },
+    ("/v1/experiments/{name}/rollout/{action}", "post"): {
+        "summary": "An operator's action on the rollout: pause, resume, advance or abort",
+        "description": (
+            "Recorded as a decision with the operator as actor. `resume` restarts a rolled-back or aborted "
+            "rollout at its first step; `advance` moves to the next step without waiting for the gates "
+            "(into the last step: promotes the canary); `abort` takes all traffic from the canary. "
+            "409 `rollout_conflict` when the action does not apply to the rollout as it stands."
+        ),
+        **_ADMIN,
+        "parameters": [
+            _NAME_PARAM,
+            {
+                "name": "action",
+                "in": "path",
+                "required": True,
+                "schema": {"enum": ["pause", "resume", "advance", "abort"]},
+            },
+        ],
+        "responses": {
+            "200": {
+                "description": "the rollout after the action",
+                "content": {"application/json": {"schema": _ref("Rollout")}},
+            },
+            **_errors(401, 404, 409, 422, 503),
+        },
+    },
+}
+
 OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
     ("/v1/experiments/{name}/predict", "post"): {
         "summary": "Serve a prediction call with the variant assigned to the caller's unit",
@@ -454,6 +518,7 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
     },
     **ADMIN_OPERATIONS,
     **REPORT_OPERATIONS,
+    **ROLLOUT_OPERATIONS,
 }
 
 
@@ -483,6 +548,7 @@ def openapi_document() -> dict[str, Any]:
                 "StoredExperiment": _STORED_EXPERIMENT,
                 "Preview": _PREVIEW,
                 "Report": _REPORT,
+                "Rollout": _ROLLOUT,
                 **definitions,
             },
             "securitySchemes": {

@@ -227,6 +227,11 @@ class Experiment(_Model):
         metric_names = [m.name for m in self.metrics]
         if len(set(metric_names)) != len(metric_names):
             problems.append(("metrics", "metric names must be unique"))
+        problems += [
+            (f"metrics[{i}].name", f"{name!r} is a rollout gate's operational metric; pick another name")
+            for i, name in enumerate(metric_names)
+            if name in OPERATIONAL_GATE_METRICS
+        ]
         if self.rollout is not None:
             problems += self._rollout_problems(known, set(metric_names))
         if problems:
@@ -248,6 +253,14 @@ class Experiment(_Model):
             )
             for i, gate in enumerate(self.rollout.gates)
             if gate.metric not in allowed
+        ]
+        problems += [
+            (
+                f"rollout.gates[{i}].no_worse_than",
+                f"is a bound on a declared metric's relative lift; {gate.metric!r} takes max_increase or max_ratio",
+            )
+            for i, gate in enumerate(self.rollout.gates)
+            if gate.metric in OPERATIONAL_GATE_METRICS and gate.no_worse_than is not None
         ]
         return problems
 

@@ -105,6 +105,18 @@ class Keys:
         """The hash keeping the sequential SRM p-value's running minimum, so it holds across report looks."""
         return self._experiment(name, "srm")
 
+    def rollout(self, name: str) -> str:
+        """The hash of the progressive rollout's state: where it is and when it decides next."""
+        return self._experiment(name, "rollout")
+
+    def rollout_decisions(self, name: str) -> str:
+        """The list of the rollout's decisions with their inputs, newest first."""
+        return self._experiment(name, "rollout-decisions")
+
+    def rollout_lease(self, name: str) -> str:
+        """The key naming the one gateway process that runs the rollout's controller, with a time to live."""
+        return self._experiment(name, "rollout-lease")
+
     def config_channel(self) -> str:
         """The pub/sub channel that tells every replica a config changed."""
         return f"{self.prefix}config-changes"

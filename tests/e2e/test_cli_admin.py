@@ -12,6 +12,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,6 +198,27 @@ def test_history_json_lists_every_version_with_its_actor(served: Gateway, tmp_pa
         "promoted candidate",
         "rolled back to version 1",
     ]
+
+
+def test_rollout_shows_a_rollout_and_steps_in(served: Gateway, tmp_path: Path) -> None:
+    plan = canary("ramp", control=100, candidate=0).model_dump(mode="json")
+    plan["rollout"] = {"canary": "candidate", "steps": [1, 10, 100], "interval_s": 3600}
+    apply(served, tmp_path, [Experiment.model_validate(plan)])
+    deadline = time.monotonic() + 10
+    while True:  # the gateway's controller starts it within a tick (1 s)
+        shown = abrouter(served, "rollout", "ramp", "--json")
+        assert shown.returncode == 0, shown.stderr
+        if json.loads(shown.stdout)["weights_applied"]:
+            break
+        assert time.monotonic() < deadline, shown.stdout
+        time.sleep(0.2)
+    table = abrouter(served, "rollout", "ramp")
+    assert "ramp: canary candidate at 1%, running (steps 1, 10, 100" in table.stdout
+    paused = abrouter(served, "rollout", "ramp", "pause", "--json")
+    assert paused.returncode == 0 and json.loads(paused.stdout)["phase"] == "paused"
+    refused = abrouter(served, "rollout", "ramp", "pause")
+    assert refused.returncode == 1 and "cannot pause a rollout that is paused" in refused.stderr
+    assert abrouter(served, "rollout", "ramp", "skip").returncode == 2
 
 
 @pytest.mark.parametrize(

@@ -156,6 +156,41 @@ def test_the_example_configs_are_valid() -> None:
         ),
         pytest.param({"colour": "red"}, "experiments[0].colour: is not a known field", id="unknown-field"),
         pytest.param({"hash_version": 3}, "experiments[0].hash_version:", id="hash-version"),
+        pytest.param(
+            {"metrics": [{"name": "error_rate", "kind": "binomial"}]},
+            "experiments[0].metrics[0].name: 'error_rate' is a rollout gate's operational metric",
+            id="metric-named-like-an-operational-one",
+        ),
+        pytest.param(
+            {"rollout": {"canary": "ghost", "steps": [5, 100]}},
+            "experiments[0].rollout.canary: 'ghost' is not one of the variants",
+            id="rollout-canary-unknown",
+        ),
+        pytest.param(
+            {"rollout": {"canary": "current", "steps": [5, 100]}},
+            "experiments[0].rollout.canary: cannot be the control",
+            id="rollout-canary-is-control",
+        ),
+        pytest.param(
+            {"rollout": {"canary": "candidate", "steps": [5, 25, 25, 100]}},
+            "experiments[0].rollout.steps: must be strictly increasing, got [5.0, 25.0, 25.0, 100.0]",
+            id="rollout-steps-not-increasing",
+        ),
+        pytest.param(
+            {"rollout": {"canary": "candidate", "steps": [5, 100], "gates": [{"metric": "clicks", "max_ratio": 2}]}},
+            "experiments[0].rollout.gates[0].metric: 'clicks' is neither a declared metric nor one of",
+            id="rollout-gate-undeclared-metric",
+        ),
+        pytest.param(
+            {"rollout": {"canary": "candidate", "steps": [5], "gates": [{"metric": "error_rate", "no_worse_than": 0}]}},
+            "experiments[0].rollout.gates[0].no_worse_than: is a bound on a declared metric's relative lift",
+            id="rollout-no-worse-than-on-error-rate",
+        ),
+        pytest.param(
+            {"rollout": {"canary": "candidate", "steps": [5], "gates": [{"metric": "error_rate"}]}},
+            "experiments[0].rollout.gates[0]: a gate needs exactly one of",
+            id="rollout-gate-without-bound",
+        ),
     ],
 )
 def test_each_rule_is_reported_with_its_field_path(tmp_path: Path, fields: dict[str, Any], expected: str) -> None:

@@ -1,0 +1,1 @@
+"""Progressive canary: the gates' statistics and the controller that moves the canary through its steps."""

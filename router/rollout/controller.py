@@ -1,0 +1,419 @@
+"""The progressive canary (SPEC section 7): move the canary through its steps while its gates hold.
+
+Every gateway process runs a `RolloutController`; per experiment, only the process holding the
+rollout's lease in Redis acts. At each `interval_s` it reads the experiment's statistics (the
+report's numbers, summed over every replica) and decides:
+
+- too few units in either arm, or any gate inconclusive: **hold** the step (never roll back for
+  lack of data);
+- any gate failed: `on_failure`, **rollback** (the canary gets no traffic) or **pause**;
+- every gate passed: **advance** to the next step; advancing into the last step **promotes** the
+  canary (the experiment is concluded with the canary as winner).
+
+The state (phase, step, next decision) lives in Redis beside the decisions (`router.rollout.state`),
+so a restart or a lease moving to another replica carries on where it was. A step's weights are
+written as a new config version (actor `rollout`, the decision in the history's change summary),
+which every replica picks up within a second like any other edit. Operators act through
+`operate` (pause, resume, advance, abort), with the same compare-and-set on the state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Final
+
+from router.config.edits import ConfigPatch, Promotion
+from router.config.schema import Experiment, Rollout
+from router.errors import RouterError, StoreUnavailable, UnknownExperiment, VersionConflict
+from router.live_config import LiveConfig
+from router.metrics import Metrics, RolloutDecision, StoreOperation
+from router.rollout.gates import GateResult, Verdict, evaluate_gate
+from router.rollout.state import Phase, RolloutState, RolloutStore
+from router.store.configs import ConfigStore, StoredExperiment
+from router.store.stats import StatsStore
+
+log = logging.getLogger("abrouter.rollout")
+
+#: the actor of config versions and decisions the controller makes (operators' carry their own name)
+CONTROLLER: Final = "rollout"
+#: the lease outlives this many missed ticks before another process may take it over
+LEASE_TICKS: Final = 5
+#: but never shorter than this, so a slow Redis round trip does not hand the lease around
+MIN_LEASE_S: Final = 10.0
+
+
+class RolloutAction(StrEnum):
+    """What an operator can do to a rollout: POST /v1/experiments/{name}/rollout/{action}."""
+
+    PAUSE = "pause"
+    RESUME = "resume"
+    ADVANCE = "advance"
+    ABORT = "abort"
+
+
+class RolloutConflict(RouterError):
+    """The action does not apply to the rollout as it stands (e.g. resume one that is running)."""
+
+    status_code = 409
+    code = "rollout_conflict"
+
+
+class NoRollout(RouterError):
+    """The experiment's config has no `rollout` block."""
+
+    status_code = 409
+    code = "no_rollout"
+
+
+def plan_of(rollout: Rollout) -> str:
+    """What identifies a rollout: its canary and steps. A config with another plan starts over at step 0."""
+    return f"{rollout.canary}:{','.join(f'{step:g}' for step in rollout.steps)}"
+
+
+def percent_of(rollout: Rollout, state: RolloutState) -> float:
+    """The canary's share of traffic, in percent, that `state` gives it."""
+    if state.phase in (Phase.ROLLED_BACK, Phase.ABORTED):
+        return 0.0
+    if state.phase is Phase.PROMOTED:
+        return 100.0
+    return rollout.steps[min(state.step, len(rollout.steps) - 1)]
+
+
+def weights_at(experiment: Experiment, canary: str, percent: float) -> dict[str, float]:
+    """Weights giving `canary` `percent` of the traffic; the other variants share the rest as their weights did."""
+    others = {v.name: v.weight for v in experiment.variants if v.name != canary}
+    total = sum(others.values())
+    rest = 100.0 - percent
+    if total > 0:
+        weights = {name: rest * weight / total for name, weight in others.items()}
+    else:  # nobody else had traffic: control takes the rest
+        weights = {name: (rest if name == experiment.control else 0.0) for name in others}
+    return {**weights, canary: percent}
+
+
+def target_config(experiment: Experiment, state: RolloutState) -> Experiment:
+    """The config that carries `state`: the step's weights, no canary traffic after a rollback, or the promotion."""
+    rollout = experiment.rollout
+    assert rollout is not None
+    if state.phase is Phase.PROMOTED:
+        return Promotion(variant=rollout.canary).apply(experiment)
+    return ConfigPatch(weights=weights_at(experiment, rollout.canary, percent_of(rollout, state))).apply(experiment)
+
+
+def start_state(rollout: Rollout, now: float, *, revision: int = 0) -> RolloutState:
+    """A rollout at its first step, its first decision one interval away, its weights not yet written."""
+    return RolloutState(
+        plan=plan_of(rollout),
+        phase=Phase.RUNNING,
+        step=0,
+        next_decision_at=now + rollout.interval_s,
+        weights_applied=False,
+        revision=revision,
+    )
+
+
+def decision_record(
+    *,
+    decision: RolloutDecision,
+    actor: str,
+    now: float,
+    rollout: Rollout,
+    before: RolloutState | None,
+    after: RolloutState,
+    reason: str,
+    units: Mapping[str, int] | None = None,
+    gates: list[GateResult] | None = None,
+) -> dict[str, Any]:
+    """A decision as recorded in Redis and shown by GET .../rollout: what was decided, by whom, on what."""
+    return {
+        "at": datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z"),
+        "decision": decision.value,
+        "actor": actor,
+        "reason": reason,
+        "from_percent": percent_of(rollout, before) if before is not None else None,
+        "percent": percent_of(rollout, after),
+        "step": after.step,
+        "phase": after.phase.value,
+        "units": dict(units) if units is not None else None,
+        "gates": [gate.to_json() for gate in gates] if gates is not None else None,
+    }
+
+
+class RolloutController:
+    """Drives every rollout whose lease this process holds; `run` is the background task."""
+
+    def __init__(
+        self,
+        *,
+        live: LiveConfig,
+        configs: ConfigStore,
+        rollouts: RolloutStore,
+        stats: StatsStore,
+        metrics: Metrics,
+        tick_s: float = 1.0,
+        clock: Callable[[], float] = time.time,
+        owner: str | None = None,
+    ) -> None:
+        self._live = live
+        self._configs = configs
+        self._rollouts = rollouts
+        self._stats = stats
+        self._metrics = metrics
+        self._tick_s = tick_s
+        self._lease_s = max(MIN_LEASE_S, LEASE_TICKS * tick_s)
+        self._clock = clock
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._held: set[str] = set()
+
+    async def run(self) -> None:
+        """Tick forever; a Redis outage is logged and counted, and the next tick tries again."""
+        while True:
+            try:
+                await self.tick()
+            except StoreUnavailable as exc:
+                self._metrics.store_error(StoreOperation.ROLLOUT)
+                log.warning("rollout controller: %s", exc.message)
+            await asyncio.sleep(self._tick_s)
+
+    async def tick(self) -> None:
+        """One pass over the experiments in force that have a rollout."""
+        for name in self._live.names():
+            experiment = self._live.get(name).experiment
+            if experiment.rollout is None:
+                self._held.discard(name)
+                continue
+            if not await self._rollouts.hold_lease(name, self.owner, self._lease_s):
+                self._held.discard(name)
+                continue
+            self._held.add(name)
+            await self.drive(name)
+
+    async def close(self) -> None:
+        """Give up the leases at shutdown, so another process takes over without waiting for them to expire."""
+        for name in sorted(self._held):
+            with contextlib.suppress(StoreUnavailable):  # it expires by itself
+                await self._rollouts.release_lease(name, self.owner)
+        self._held.clear()
+
+    async def drive(self, name: str) -> None:
+        """Start, reconcile or decide one rollout, as the holder of its lease."""
+        try:
+            stored = await self._configs.get(name)
+        except UnknownExperiment:
+            return
+        experiment, rollout = stored.experiment, stored.experiment.rollout
+        if rollout is None:
+            return
+        now = self._clock()
+        state = await self._rollouts.read(name)
+        if state is None or state.plan != plan_of(rollout):
+            if experiment.status != "running":
+                return  # a paused or concluded experiment does not start a rollout
+            started = start_state(rollout, now, revision=state.revision if state else 0)
+            reason = "rollout started" if state is None else "rollout started again: its canary or steps changed"
+            record = decision_record(
+                decision=RolloutDecision.ADVANCE,
+                actor=CONTROLLER,
+                now=now,
+                rollout=rollout,
+                before=None,
+                after=started,
+                reason=reason,
+            )
+            state = await self._rollouts.write(name, started, decision=record)
+            if state is None:
+                return  # an operator acted meanwhile: look again next tick
+            self._metrics.rollout_decision(name, RolloutDecision.ADVANCE)
+        self._metrics.set_rollout_step(name, percent_of(rollout, state))
+        if not state.weights_applied:
+            await apply_weights(self._configs, self._rollouts, stored, state, actor=CONTROLLER)
+            return
+        if state.phase is not Phase.RUNNING or experiment.status != "running" or now < state.next_decision_at:
+            return
+        await self.decide(stored, state, now)
+
+    async def decide(self, stored: StoredExperiment, state: RolloutState, now: float) -> RolloutDecision | None:
+        """Compare canary and control on the gates and act; the decision made, None if another writer won."""
+        experiment = stored.experiment
+        rollout = experiment.rollout
+        assert rollout is not None
+        metrics = [metric.name for metric in experiment.metrics]
+        stats = await self._stats.read(experiment.name, variants=list(experiment.variant_names), metrics=metrics)
+        control, canary = stats.variant(experiment.control), stats.variant(rollout.canary)
+        units = {"control": control.units, "canary": canary.units}
+        results: list[GateResult] | None = None
+        if min(control.units, canary.units) < rollout.min_units:
+            decision = RolloutDecision.HOLD
+            reason = (
+                f"too few units: control {control.units}, canary {canary.units}; "
+                f"{rollout.min_units} per arm are needed before any decision"
+            )
+        else:
+            kinds = {metric.name: metric.kind for metric in experiment.metrics}
+            results = [evaluate_gate(gate, control, canary, kind=kinds.get(gate.metric)) for gate in rollout.gates]
+            failed = [result for result in results if result.verdict is Verdict.FAIL]
+            unsure = [result for result in results if result.verdict is Verdict.INCONCLUSIVE]
+            if failed:
+                decision = RolloutDecision.ROLLBACK if rollout.on_failure == "rollback" else RolloutDecision.PAUSE
+                reason = "gate failed: " + "; ".join(_gate_text(result) for result in failed)
+            elif unsure:
+                decision = RolloutDecision.HOLD
+                reason = "gate inconclusive: " + "; ".join(_gate_text(result) for result in unsure)
+            else:
+                decision = _advance_or_promote(rollout, state)
+                reason = "every gate passed" if results else "no gates; enough units in both arms"
+        after = _after(decision, rollout, state, now)
+        record = decision_record(
+            decision=decision,
+            actor=CONTROLLER,
+            now=now,
+            rollout=rollout,
+            before=state,
+            after=after,
+            reason=reason,
+            units=units,
+            gates=results,
+        )
+        written = await self._rollouts.write(experiment.name, after, decision=record)
+        if written is None:
+            return None
+        self._metrics.rollout_decision(experiment.name, decision)
+        self._metrics.set_rollout_step(experiment.name, percent_of(rollout, written))
+        if not written.weights_applied:
+            await apply_weights(self._configs, self._rollouts, stored, written, actor=CONTROLLER)
+        log.info("rollout of %s: %s (%s)", experiment.name, decision.value, reason)
+        return decision
+
+
+async def apply_weights(
+    configs: ConfigStore, rollouts: RolloutStore, stored: StoredExperiment, state: RolloutState, *, actor: str
+) -> bool:
+    """Write the config that carries `state` as a new version, then mark the state applied; False if raced.
+
+    A lost race (another edit of the config or of the state) is left for the controller's next
+    tick, which reads both again.
+    """
+    experiment = stored.experiment
+    rollout = experiment.rollout
+    assert rollout is not None
+    target = target_config(experiment, state)
+    note = f"rollout: {_phase_text(rollout, state)}"
+    try:
+        await configs.put(target, actor=actor, expected_version=stored.version, note=note)
+    except VersionConflict:
+        return False
+    return await rollouts.write(experiment.name, state.but(weights_applied=True)) is not None
+
+
+async def operate(
+    action: RolloutAction,
+    stored: StoredExperiment,
+    *,
+    configs: ConfigStore,
+    rollouts: RolloutStore,
+    metrics: Metrics,
+    actor: str,
+    now: float,
+) -> RolloutState:
+    """An operator's action on a rollout, recorded as a decision; `RolloutConflict` when it does not apply."""
+    experiment = stored.experiment
+    rollout = experiment.rollout
+    if rollout is None:
+        raise NoRollout(f"experiment {experiment.name!r} has no rollout in its config (see docs/rollout.md)")
+    state = await rollouts.read(experiment.name)
+    if state is None or state.plan != plan_of(rollout):
+        state = start_state(rollout, now, revision=state.revision if state else 0)  # as the controller would
+    decision, after = _operator_change(action, rollout, state, now)
+    record = decision_record(
+        decision=decision,
+        actor=actor,
+        now=now,
+        rollout=rollout,
+        before=state,
+        after=after,
+        reason=f"{action.value} by {actor}",
+    )
+    written = await rollouts.write(experiment.name, after, decision=record)
+    if written is None:
+        raise RolloutConflict(
+            f"the rollout of {experiment.name!r} changed while this {action.value} was being applied; "
+            "read it again (GET .../rollout) and retry"
+        )
+    metrics.rollout_decision(experiment.name, decision)
+    metrics.set_rollout_step(experiment.name, percent_of(rollout, written))
+    if not written.weights_applied:
+        await apply_weights(configs, rollouts, stored, written, actor=actor)
+    return written
+
+
+def _operator_change(
+    action: RolloutAction, rollout: Rollout, state: RolloutState, now: float
+) -> tuple[RolloutDecision, RolloutState]:
+    phase = state.phase
+    moving = (Phase.RUNNING, Phase.PAUSED)
+    if action is RolloutAction.PAUSE:
+        _require(phase is Phase.RUNNING, action, phase)
+        return RolloutDecision.PAUSE, state.but(phase=Phase.PAUSED)
+    if action is RolloutAction.RESUME:
+        if phase is Phase.PAUSED:
+            return RolloutDecision.RESUME, state.but(phase=Phase.RUNNING, next_decision_at=now + rollout.interval_s)
+        _require(phase in (Phase.ROLLED_BACK, Phase.ABORTED), action, phase)
+        return RolloutDecision.RESUME, start_state(rollout, now, revision=state.revision)  # from the first step again
+    if action is RolloutAction.ADVANCE:
+        _require(phase in moving, action, phase)
+        decision = _advance_or_promote(rollout, state)
+        return decision, _after(decision, rollout, state, now)
+    _require(phase in moving, action, phase)
+    return RolloutDecision.ABORT, state.but(phase=Phase.ABORTED, weights_applied=False)
+
+
+def _require(allowed: bool, action: RolloutAction, phase: Phase) -> None:
+    if not allowed:
+        raise RolloutConflict(f"cannot {action.value} a rollout that is {phase.value.replace('_', ' ')}")
+
+
+def _advance_or_promote(rollout: Rollout, state: RolloutState) -> RolloutDecision:
+    """Advancing into the plan's last step is the promotion: the canary wins."""
+    return RolloutDecision.PROMOTE if state.step + 1 >= len(rollout.steps) - 1 else RolloutDecision.ADVANCE
+
+
+def _after(decision: RolloutDecision, rollout: Rollout, state: RolloutState, now: float) -> RolloutState:
+    """The state a decision leads to; the next decision is one interval away whatever it was."""
+    later = state.but(next_decision_at=now + rollout.interval_s)
+    if decision is RolloutDecision.ADVANCE:
+        return later.but(step=state.step + 1, weights_applied=False)
+    if decision is RolloutDecision.PROMOTE:
+        return later.but(phase=Phase.PROMOTED, step=len(rollout.steps) - 1, weights_applied=False)
+    if decision is RolloutDecision.ROLLBACK:
+        return later.but(phase=Phase.ROLLED_BACK, weights_applied=False)
+    if decision is RolloutDecision.PAUSE:
+        return later.but(phase=Phase.PAUSED)
+    return later  # HOLD
+
+
+def _phase_text(rollout: Rollout, state: RolloutState) -> str:
+    percent = percent_of(rollout, state)
+    if state.phase is Phase.PROMOTED:
+        return f"{rollout.canary} promoted"
+    if state.phase in (Phase.ROLLED_BACK, Phase.ABORTED):
+        return f"{rollout.canary} {state.phase.value.replace('_', ' ')}, 0% of traffic"
+    return f"{rollout.canary} at {percent:g}% (step {state.step + 1} of {len(rollout.steps)})"
+
+
+def _gate_text(result: GateResult) -> str:
+    interval = (
+        f"[{result.ci_low:.4g}, {result.ci_high:.4g}]"
+        if result.ci_low is not None and result.ci_high is not None
+        else "no estimate"
+    )
+    text = f"{result.metric} {result.bound} {result.limit:g}: {interval}"
+    return f"{text} ({result.detail})" if result.detail else text
