@@ -15,6 +15,7 @@ from typing import Final
 
 from router.errors import StoreUnavailable, UnknownExperiment
 from router.live_config import LiveConfig
+from router.store.client import honour_cancellation
 from router.store.configs import ConfigStore
 
 log = logging.getLogger("abrouter.config")
@@ -43,7 +44,7 @@ class ConfigSync:
                             log.debug("change notice: %s version %d", notice.name, notice.version)
                         await self._refresh()  # on a notice at once; on a timeout as the backstop
             except StoreUnavailable as exc:
-                _honour_cancellation()
+                honour_cancellation()
                 self._live.lost_store(exc.message)
                 await asyncio.sleep(min(self._interval_s, RECONNECT_S))
 
@@ -53,16 +54,4 @@ class ConfigSync:
         except UnknownExperiment as exc:
             # archived between reading the versions and reading its config: the next check settles it
             log.info("config refresh raced with an archive: %s", exc.message)
-        _honour_cancellation()
-
-
-def _honour_cancellation() -> None:
-    """Stop if a cancellation was requested but swallowed on the way.
-
-    A cancel that lands while one of redis-py's read timeouts expires can be turned into a
-    timeout (and retried) by Python 3.11's `asyncio.timeout`; the task is still marked as
-    cancelling, and without this check it would wait for the next notice instead of stopping.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
+        honour_cancellation()

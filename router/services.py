@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -34,6 +35,8 @@ from router.store.sticky import StickyStore
 from router.variants.batching import Batching
 from router.variants.registry import ModelCache
 
+log = logging.getLogger("abrouter.services")
+
 
 @dataclass(slots=True)
 class Services:
@@ -61,6 +64,25 @@ class Services:
         except (TimeoutError, redis_errors.RedisError) as exc:
             return f"redis does not answer: {type(exc).__name__}: {exc}"
         return None
+
+
+def report_death(task: asyncio.Task[None]) -> None:
+    """A background task that should run for the process's life ended by itself: say so at once."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task %s died: %r", task.get_name(), task.exception())
+
+
+async def stop_task(task: asyncio.Task[None] | None) -> None:
+    """Cancel a background task and wait for it; its own failure is logged, never raised into the shutdown."""
+    if task is None:
+        return
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    except Exception:
+        log.exception("background task %s had failed", task.get_name())
 
 
 def connect_redis(settings: Settings) -> RedisClient:
@@ -160,6 +182,7 @@ async def open_services(
         metrics_flusher = asyncio.create_task(metrics.flush_periodically(), name="metrics-flush")
         if settings.rollout_enabled:
             rollout_driver = asyncio.create_task(controller.run(), name="rollout-controller")
+            rollout_driver.add_done_callback(report_death)
         await events.start()
         yield Services(
             settings=settings,
@@ -177,17 +200,16 @@ async def open_services(
             rollouts=rollouts,
         )
     finally:
-        # First: mirrors still in flight use the upstream client and the models.
+        # First the rollout controller, so another process takes its leases over at once.
+        await stop_task(rollout_driver)
+        if rollout_driver is not None:
+            await controller.close()
+        # Then mirrors still in flight: they use the upstream client and the models.
         await shadow.close()
         # Before the client closes: shutdown (SIGTERM) writes or spills every pending event.
         await events.close()
-        for task in (refresher, metrics_flusher, rollout_driver):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        if rollout_driver is not None:
-            await controller.close()  # another process takes the leases over at once
+        for task in (refresher, metrics_flusher):
+            await stop_task(task)
         metrics.flush()  # the last calls' counts, into this worker's files before it is marked dead
         await upstream.aclose()
         await client.aclose()

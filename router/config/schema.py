@@ -22,6 +22,7 @@ NAME_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 MAX_WEIGHT_SUM: Final = 1e12
 UNIT_SOURCES: Final = ("header", "cookie", "query", "json")
 OPERATIONAL_GATE_METRICS: Final = frozenset({"error_rate", "latency_p50", "latency_p95", "latency_p99"})
+MAX_ROLLOUT_INTERVAL_S: Final = 7 * 24 * 3600
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="lower-case letters, digits, `_` and `-`; 63 at most")]
 
@@ -111,9 +112,9 @@ class Gate(_Model):
     """A rollout guard: exactly one bound on one metric."""
 
     metric: str
-    max_increase: float | None = None
-    max_ratio: float | None = Field(default=None, gt=0)
-    no_worse_than: float | None = None
+    max_increase: float | None = Field(default=None, allow_inf_nan=False)
+    max_ratio: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    no_worse_than: float | None = Field(default=None, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _exactly_one_bound(self) -> Self:
@@ -128,7 +129,7 @@ class Rollout(_Model):
 
     canary: Name
     steps: list[Annotated[float, Field(gt=0, le=100)]] = Field(min_length=1)
-    interval_s: float = Field(default=300, gt=0)
+    interval_s: float = Field(default=300, gt=0, le=MAX_ROLLOUT_INTERVAL_S)  # a week at most: a finite date
     min_units: int = Field(default=500, ge=0)
     gates: list[Gate] = Field(default_factory=list)
     on_failure: Literal["rollback", "pause"] = "rollback"
@@ -227,11 +228,6 @@ class Experiment(_Model):
         metric_names = [m.name for m in self.metrics]
         if len(set(metric_names)) != len(metric_names):
             problems.append(("metrics", "metric names must be unique"))
-        problems += [
-            (f"metrics[{i}].name", f"{name!r} is a rollout gate's operational metric; pick another name")
-            for i, name in enumerate(metric_names)
-            if name in OPERATIONAL_GATE_METRICS
-        ]
         if self.rollout is not None:
             problems += self._rollout_problems(known, set(metric_names))
         if problems:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
 import time
@@ -38,6 +39,7 @@ from router.live_config import LiveConfig
 from router.metrics import Metrics, RolloutDecision, StoreOperation
 from router.rollout.gates import GateResult, Verdict, evaluate_gate
 from router.rollout.state import Phase, RolloutState, RolloutStore
+from router.store.client import honour_cancellation
 from router.store.configs import ConfigStore, StoredExperiment
 from router.store.stats import StatsStore
 
@@ -49,6 +51,10 @@ CONTROLLER: Final = "rollout"
 LEASE_TICKS: Final = 5
 #: but never shorter than this, so a slow Redis round trip does not hand the lease around
 MIN_LEASE_S: Final = 10.0
+#: percent: a canary share further than this from the step's is someone else's edit
+SHARE_TOLERANCE: Final = 1e-6
+#: tries of an operator's action to write its weights when other config edits keep winning
+OPERATOR_WRITE_ATTEMPTS: Final = 5
 
 
 class RolloutAction(StrEnum):
@@ -98,6 +104,12 @@ def weights_at(experiment: Experiment, canary: str, percent: float) -> dict[str,
     else:  # nobody else had traffic: control takes the rest
         weights = {name: (rest if name == experiment.control else 0.0) for name in others}
     return {**weights, canary: percent}
+
+
+def canary_share(experiment: Experiment, canary: str) -> float:
+    """The canary's share of the config's weights, in percent."""
+    total = sum(experiment.weights)
+    return experiment.variant(canary).weight / total * 100 if total > 0 else 0.0
 
 
 def target_config(experiment: Experiment, state: RolloutState) -> Experiment:
@@ -175,27 +187,42 @@ class RolloutController:
         self._held: set[str] = set()
 
     async def run(self) -> None:
-        """Tick forever; a Redis outage is logged and counted, and the next tick tries again."""
+        """Tick forever; what goes wrong with one rollout is logged, and the next tick tries again."""
         while True:
-            try:
-                await self.tick()
-            except StoreUnavailable as exc:
-                self._metrics.store_error(StoreOperation.ROLLOUT)
-                log.warning("rollout controller: %s", exc.message)
+            await self.tick()
             await asyncio.sleep(self._tick_s)
 
     async def tick(self) -> None:
-        """One pass over the experiments in force that have a rollout."""
+        """One pass over the experiments in force that have a rollout, each on its own.
+
+        A Redis outage is counted and logged; any other error is logged with its traceback. Neither
+        stops the pass (another experiment may live on a healthy Redis Cluster shard) nor the task.
+        """
         for name in self._live.names():
+            try:
+                await self._tick_one(name)
+            except StoreUnavailable as exc:
+                honour_cancellation()
+                self._metrics.store_error(StoreOperation.ROLLOUT)
+                log.warning("rollout of %s: %s", name, exc.message)
+            except UnknownExperiment:
+                self._held.discard(name)  # archived meanwhile
+            except Exception:
+                log.exception("rollout of %s: unexpected error; trying again at the next tick", name)
+
+    async def _tick_one(self, name: str) -> None:
+        try:
             experiment = self._live.get(name).experiment
-            if experiment.rollout is None:
-                self._held.discard(name)
-                continue
-            if not await self._rollouts.hold_lease(name, self.owner, self._lease_s):
-                self._held.discard(name)
-                continue
-            self._held.add(name)
-            await self.drive(name)
+        except UnknownExperiment:
+            return
+        if experiment.rollout is None:
+            self._held.discard(name)
+            return
+        if not await self._rollouts.hold_lease(name, self.owner, self._lease_s):
+            self._held.discard(name)
+            return
+        self._held.add(name)
+        await self.drive(name)
 
     async def close(self) -> None:
         """Give up the leases at shutdown, so another process takes over without waiting for them to expire."""
@@ -234,12 +261,46 @@ class RolloutController:
                 return  # an operator acted meanwhile: look again next tick
             self._metrics.rollout_decision(name, RolloutDecision.ADVANCE)
         self._metrics.set_rollout_step(name, percent_of(rollout, state))
+        if experiment.status != "running":
+            return  # an operator paused or concluded the experiment: no weights written, no decisions
         if not state.weights_applied:
             await apply_weights(self._configs, self._rollouts, stored, state, actor=CONTROLLER)
             return
-        if state.phase is not Phase.RUNNING or experiment.status != "running" or now < state.next_decision_at:
+        if state.phase is not Phase.RUNNING:
+            return
+        share = canary_share(experiment, rollout.canary)
+        if not math.isclose(share, percent_of(rollout, state), abs_tol=SHARE_TOLERANCE):
+            await self._yield_to_edit(stored, state, share, now)
+            return
+        if now < state.next_decision_at:
             return
         await self.decide(stored, state, now)
+
+    async def _yield_to_edit(self, stored: StoredExperiment, state: RolloutState, share: float, now: float) -> None:
+        """Someone changed the canary's share by hand (an edit, a config rollback, a file applied again): pause.
+
+        The controller would otherwise overwrite the edit at its next decision. Resuming carries on
+        from the current step and writes its share again.
+        """
+        rollout = stored.experiment.rollout
+        assert rollout is not None
+        paused = state.but(phase=Phase.PAUSED)
+        reason = (
+            f"the canary's share was changed to {share:g}% by {stored.updated_by} (version {stored.version}), "
+            f"not by the rollout ({percent_of(rollout, state):g}%): paused so the edit stands"
+        )
+        record = decision_record(
+            decision=RolloutDecision.PAUSE,
+            actor=CONTROLLER,
+            now=now,
+            rollout=rollout,
+            before=state,
+            after=paused,
+            reason=reason,
+        )
+        if await self._rollouts.write(stored.name, paused, decision=record) is not None:
+            self._metrics.rollout_decision(stored.name, RolloutDecision.PAUSE)
+            log.warning("rollout of %s: %s", stored.name, reason)
 
     async def decide(self, stored: StoredExperiment, state: RolloutState, now: float) -> RolloutDecision | None:
         """Compare canary and control on the gates and act; the decision made, None if another writer won."""
@@ -289,24 +350,32 @@ class RolloutController:
         self._metrics.rollout_decision(experiment.name, decision)
         self._metrics.set_rollout_step(experiment.name, percent_of(rollout, written))
         if not written.weights_applied:
-            await apply_weights(self._configs, self._rollouts, stored, written, actor=CONTROLLER)
+            inputs = f"{reason}; units: control {control.units}, canary {canary.units}"
+            await apply_weights(self._configs, self._rollouts, stored, written, actor=CONTROLLER, why=inputs)
         log.info("rollout of %s: %s (%s)", experiment.name, decision.value, reason)
         return decision
 
 
 async def apply_weights(
-    configs: ConfigStore, rollouts: RolloutStore, stored: StoredExperiment, state: RolloutState, *, actor: str
+    configs: ConfigStore,
+    rollouts: RolloutStore,
+    stored: StoredExperiment,
+    state: RolloutState,
+    *,
+    actor: str,
+    why: str = "",
 ) -> bool:
     """Write the config that carries `state` as a new version, then mark the state applied; False if raced.
 
-    A lost race (another edit of the config or of the state) is left for the controller's next
+    `why` (the decision's reason and inputs) goes into the history's change summary. A lost race
+    (another edit of the config or of the state) is left for the caller, or the controller's next
     tick, which reads both again.
     """
     experiment = stored.experiment
     rollout = experiment.rollout
     assert rollout is not None
     target = target_config(experiment, state)
-    note = f"rollout: {_phase_text(rollout, state)}"
+    note = f"rollout: {_phase_text(rollout, state)}" + (f" ({why})" if why else "")
     try:
         await configs.put(target, actor=actor, expected_version=stored.version, note=note)
     except VersionConflict:
@@ -329,6 +398,11 @@ async def operate(
     rollout = experiment.rollout
     if rollout is None:
         raise NoRollout(f"experiment {experiment.name!r} has no rollout in its config (see docs/rollout.md)")
+    if action in (RolloutAction.ADVANCE, RolloutAction.RESUME) and experiment.status != "running":
+        raise RolloutConflict(
+            f"cannot {action.value} the rollout of {experiment.name!r}: the experiment is {experiment.status}; "
+            "set its status to running first"
+        )
     state = await rollouts.read(experiment.name)
     if state is None or state.plan != plan_of(rollout):
         state = start_state(rollout, now, revision=state.revision if state else 0)  # as the controller would
@@ -350,9 +424,20 @@ async def operate(
         )
     metrics.rollout_decision(experiment.name, decision)
     metrics.set_rollout_step(experiment.name, percent_of(rollout, written))
-    if not written.weights_applied:
-        await apply_weights(configs, rollouts, stored, written, actor=actor)
-    return written
+    if written.weights_applied:
+        return written
+    for _ in range(OPERATOR_WRITE_ATTEMPTS):
+        if await apply_weights(configs, rollouts, stored, written, actor=actor, why=f"{action.value} by {actor}"):
+            return written.but(weights_applied=True, revision=written.revision + 1)
+        # another edit of the config came first: apply the step's weights to the newer version
+        stored = await configs.get(experiment.name)
+        current = await rollouts.read(experiment.name)
+        if current is None or current.revision != written.revision:
+            break  # the state moved on too: the controller's next tick settles the weights
+    raise RolloutConflict(
+        f"the {action.value} of {experiment.name!r} is recorded, but its weights could not be written: "
+        "the config kept changing. The rollout controller writes them within a tick; check GET .../rollout"
+    )
 
 
 def _operator_change(
@@ -364,8 +449,9 @@ def _operator_change(
         _require(phase is Phase.RUNNING, action, phase)
         return RolloutDecision.PAUSE, state.but(phase=Phase.PAUSED)
     if action is RolloutAction.RESUME:
-        if phase is Phase.PAUSED:
-            return RolloutDecision.RESUME, state.but(phase=Phase.RUNNING, next_decision_at=now + rollout.interval_s)
+        if phase is Phase.PAUSED:  # the step's share is written again, whatever was edited meanwhile
+            resumed = state.but(phase=Phase.RUNNING, next_decision_at=now + rollout.interval_s, weights_applied=False)
+            return RolloutDecision.RESUME, resumed
         _require(phase in (Phase.ROLLED_BACK, Phase.ABORTED), action, phase)
         return RolloutDecision.RESUME, start_state(rollout, now, revision=state.revision)  # from the first step again
     if action is RolloutAction.ADVANCE:

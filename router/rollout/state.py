@@ -144,11 +144,6 @@ class RolloutStore:
             raw = await self._redis.lrange(self._keys.rollout_decisions(experiment), 0, limit - 1)
         return [orjson.loads(entry) for entry in raw]
 
-    async def forget(self, experiment: str) -> None:
-        """Drop the state (its decisions stay): the next controller pass starts the rollout again."""
-        with translate_errors("resetting a rollout"):
-            await self._redis.delete(self._keys.rollout(experiment))
-
     async def hold_lease(self, experiment: str, owner: str, ttl_s: float) -> bool:
         """Take the lease if it is free or extend it if `owner` holds it; True when `owner` holds it now."""
         with translate_errors("taking a rollout lease"):

@@ -14,8 +14,11 @@ import pytest
 import redis.asyncio
 from prometheus_client import CollectorRegistry
 
+from router.config.edits import ConfigPatch
 from router.config.schema import Experiment, MetricKind
+from router.live_config import LiveConfig
 from router.metrics import Metrics
+from router.proxy import open_upstream_client
 from router.rollout.controller import (
     CONTROLLER,
     NoRollout,
@@ -29,6 +32,7 @@ from router.rollout.state import Phase, RolloutState, RolloutStore
 from router.store.configs import ConfigStore
 from router.store.keys import Keys
 from router.store.stats import StatsStore, calls_event, exposure_event, outcome_event
+from router.variants.registry import ModelCache
 
 NAME = "churn"
 INTERVAL_S = 60.0
@@ -418,3 +422,97 @@ def test_weights_at_give_the_canary_its_share_and_keep_the_others_proportions(
         }
     )
     assert weights_at(plain, "candidate", percent) == pytest.approx(after)
+
+
+async def test_a_share_changed_by_hand_pauses_the_rollout_instead_of_being_overwritten(
+    parts: dict[str, Any], clock: Clock
+) -> None:
+    await parts["configs"].put(experiment(), actor="alice", expected_version=None)
+    driver = controller(parts, clock)
+    await driver.drive(NAME)
+    stored = await parts["configs"].get(NAME)
+    edited = ConfigPatch(weights={"current": 100, "candidate": 0}).apply(stored.experiment)
+    await parts["configs"].put(edited, actor="oncall", expected_version=stored.version)
+    await healthy_step(parts)
+    clock.advance()
+    await driver.drive(NAME)
+    assert (await state(parts)).phase is Phase.PAUSED
+    assert shares(await weights(parts))["candidate"] == 0.0  # the edit stands
+    newest = (await parts["rollouts"].decisions(NAME))[0]
+    assert newest["decision"] == "pause" and "changed to 0% by oncall" in newest["reason"]
+    resumed = await operate(
+        RolloutAction.RESUME,
+        await parts["configs"].get(NAME),
+        configs=parts["configs"],
+        rollouts=parts["rollouts"],
+        metrics=parts["metrics"],
+        actor="oncall",
+        now=clock(),
+    )
+    assert resumed.phase is Phase.RUNNING and resumed.step == 0 and resumed.weights_applied
+    assert shares(await weights(parts))["candidate"] == 1.0  # resuming writes the step's share again
+
+
+async def test_a_paused_or_concluded_experiment_is_neither_moved_nor_advanced(
+    parts: dict[str, Any], clock: Clock
+) -> None:
+    await parts["configs"].put(experiment(), actor="alice", expected_version=None)
+    driver = controller(parts, clock)
+    await driver.drive(NAME)
+    stored = await parts["configs"].get(NAME)
+    await parts["configs"].put(
+        ConfigPatch(status="paused").apply(stored.experiment), actor="oncall", expected_version=stored.version
+    )
+    await healthy_step(parts)
+    clock.advance()
+    await driver.drive(NAME)
+    assert await decisions(parts) == ["advance"]  # no decision while the experiment is paused
+    with pytest.raises(RolloutConflict, match="the experiment is paused"):
+        await operate(
+            RolloutAction.ADVANCE,
+            await parts["configs"].get(NAME),
+            configs=parts["configs"],
+            rollouts=parts["rollouts"],
+            metrics=parts["metrics"],
+            actor="bob",
+            now=clock(),
+        )
+
+
+async def test_only_the_lease_holder_ticks_a_rollout_and_an_archived_experiment_stops_nothing(
+    redis_client: redis.asyncio.Redis, parts: dict[str, Any], clock: Clock
+) -> None:
+    upstream = open_upstream_client("httptools", max_connections=4, keepalive_s=1)
+    live = LiveConfig(parts["configs"], client=upstream, models=ModelCache(None))
+    try:
+        await parts["configs"].put(experiment(), actor="alice", expected_version=None)
+        other = experiment().model_dump(mode="json") | {"name": "other"}
+        await parts["configs"].put(Experiment.model_validate(other), actor="alice", expected_version=None)
+        await live.refresh(strict=True)
+        drivers = [
+            RolloutController(
+                live=live,
+                configs=parts["configs"],
+                rollouts=parts["rollouts"],
+                stats=parts["stats"],
+                metrics=parts["metrics"],
+                clock=clock,
+                owner=owner,
+            )
+            for owner in ("first", "second")
+        ]
+        for driver in drivers:
+            await driver.tick()
+        lease = await parts["rollouts"].lease(NAME)
+        assert lease is not None and lease[0] == "first"
+        assert [d["actor"] for d in await parts["rollouts"].decisions(NAME)] == [CONTROLLER]
+        await parts["configs"].archive(NAME, actor="alice")  # the live config still lists it
+        for driver in drivers:
+            await driver.tick()  # no exception escapes; the other rollout goes on
+        assert (await parts["rollouts"].read("other")) is not None
+        await drivers[0].close()
+        await drivers[1].tick()
+        other_lease = await parts["rollouts"].lease("other")
+        assert other_lease is not None and other_lease[0] == "second"  # released at close, taken at once
+    finally:
+        await upstream.aclose()

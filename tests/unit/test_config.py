@@ -157,9 +157,20 @@ def test_the_example_configs_are_valid() -> None:
         pytest.param({"colour": "red"}, "experiments[0].colour: is not a known field", id="unknown-field"),
         pytest.param({"hash_version": 3}, "experiments[0].hash_version:", id="hash-version"),
         pytest.param(
-            {"metrics": [{"name": "error_rate", "kind": "binomial"}]},
-            "experiments[0].metrics[0].name: 'error_rate' is a rollout gate's operational metric",
-            id="metric-named-like-an-operational-one",
+            {"rollout": {"canary": "candidate", "steps": [5], "interval_s": 1e12}},
+            "experiments[0].rollout.interval_s: must be <= 604800",
+            id="rollout-interval-too-long",
+        ),
+        pytest.param(
+            {
+                "rollout": {
+                    "canary": "candidate",
+                    "steps": [5],
+                    "gates": [{"metric": "error_rate", "max_increase": "nan"}],
+                }
+            },
+            "experiments[0].rollout.gates[0].max_increase:",
+            id="rollout-gate-nan-bound",
         ),
         pytest.param(
             {"rollout": {"canary": "ghost", "steps": [5, 100]}},
