@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Final
+from typing import Final
 
 from router.config.edits import ConfigPatch, Promotion
 from router.config.schema import Experiment, Rollout
@@ -133,7 +133,10 @@ def start_state(rollout: Rollout, now: float, *, revision: int = 0) -> RolloutSt
     )
 
 
-def decision_record(
+async def record_decision(
+    rollouts: RolloutStore,
+    metrics: Metrics,
+    experiment: str,
     *,
     decision: RolloutDecision,
     actor: str,
@@ -144,9 +147,12 @@ def decision_record(
     reason: str,
     units: Mapping[str, int] | None = None,
     gates: list[GateResult] | None = None,
-) -> dict[str, Any]:
-    """A decision as recorded in Redis and shown by GET .../rollout: what was decided, by whom, on what."""
-    return {
+) -> RolloutState | None:
+    """Store `after` with the decision that led to it (what, by whom, on what) and count it.
+
+    Returns the state as stored, or None when the compare-and-set lost: someone else decided first.
+    """
+    record = {
         "at": datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z"),
         "decision": decision.value,
         "actor": actor,
@@ -158,6 +164,11 @@ def decision_record(
         "units": dict(units) if units is not None else None,
         "gates": [gate.to_json() for gate in gates] if gates is not None else None,
     }
+    written = await rollouts.write(experiment, after, decision=record)
+    if written is not None:
+        metrics.rollout_decision(experiment, decision)
+        metrics.set_rollout_step(experiment, percent_of(rollout, written))
+    return written
 
 
 class RolloutController:
@@ -247,7 +258,10 @@ class RolloutController:
                 return  # a paused or concluded experiment does not start a rollout
             started = start_state(rollout, now, revision=state.revision if state else 0)
             reason = "rollout started" if state is None else "rollout started again: its canary or steps changed"
-            record = decision_record(
+            state = await record_decision(
+                self._rollouts,
+                self._metrics,
+                name,
                 decision=RolloutDecision.ADVANCE,
                 actor=CONTROLLER,
                 now=now,
@@ -256,10 +270,8 @@ class RolloutController:
                 after=started,
                 reason=reason,
             )
-            state = await self._rollouts.write(name, started, decision=record)
             if state is None:
                 return  # an operator acted meanwhile: look again next tick
-            self._metrics.rollout_decision(name, RolloutDecision.ADVANCE)
         self._metrics.set_rollout_step(name, percent_of(rollout, state))
         if experiment.status != "running":
             return  # an operator paused or concluded the experiment: no weights written, no decisions
@@ -289,7 +301,10 @@ class RolloutController:
             f"the canary's share was changed to {share:g}% by {stored.updated_by} (version {stored.version}), "
             f"not by the rollout ({percent_of(rollout, state):g}%): paused so the edit stands"
         )
-        record = decision_record(
+        written = await record_decision(
+            self._rollouts,
+            self._metrics,
+            stored.name,
             decision=RolloutDecision.PAUSE,
             actor=CONTROLLER,
             now=now,
@@ -298,8 +313,7 @@ class RolloutController:
             after=paused,
             reason=reason,
         )
-        if await self._rollouts.write(stored.name, paused, decision=record) is not None:
-            self._metrics.rollout_decision(stored.name, RolloutDecision.PAUSE)
+        if written is not None:
             log.warning("rollout of %s: %s", stored.name, reason)
 
     async def decide(self, stored: StoredExperiment, state: RolloutState, now: float) -> RolloutDecision | None:
@@ -333,7 +347,10 @@ class RolloutController:
                 decision = _advance_or_promote(rollout, state)
                 reason = "every gate passed" if results else "no gates; enough units in both arms"
         after = _after(decision, rollout, state, now)
-        record = decision_record(
+        written = await record_decision(
+            self._rollouts,
+            self._metrics,
+            experiment.name,
             decision=decision,
             actor=CONTROLLER,
             now=now,
@@ -344,11 +361,8 @@ class RolloutController:
             units=units,
             gates=results,
         )
-        written = await self._rollouts.write(experiment.name, after, decision=record)
         if written is None:
             return None
-        self._metrics.rollout_decision(experiment.name, decision)
-        self._metrics.set_rollout_step(experiment.name, percent_of(rollout, written))
         if not written.weights_applied:
             inputs = f"{reason}; units: control {control.units}, canary {canary.units}"
             await apply_weights(self._configs, self._rollouts, stored, written, actor=CONTROLLER, why=inputs)
@@ -407,7 +421,10 @@ async def operate(
     if state is None or state.plan != plan_of(rollout):
         state = start_state(rollout, now, revision=state.revision if state else 0)  # as the controller would
     decision, after = _operator_change(action, rollout, state, now)
-    record = decision_record(
+    written = await record_decision(
+        rollouts,
+        metrics,
+        experiment.name,
         decision=decision,
         actor=actor,
         now=now,
@@ -416,14 +433,11 @@ async def operate(
         after=after,
         reason=f"{action.value} by {actor}",
     )
-    written = await rollouts.write(experiment.name, after, decision=record)
     if written is None:
         raise RolloutConflict(
             f"the rollout of {experiment.name!r} changed while this {action.value} was being applied; "
             "read it again (GET .../rollout) and retry"
         )
-    metrics.rollout_decision(experiment.name, decision)
-    metrics.set_rollout_step(experiment.name, percent_of(rollout, written))
     if written.weights_applied:
         return written
     for _ in range(OPERATOR_WRITE_ATTEMPTS):

@@ -137,6 +137,14 @@ def controller(parts: dict[str, Any], clock: Clock, owner: str = "test") -> Roll
     )
 
 
+async def started(parts: dict[str, Any], clock: Clock, **rollout: Any) -> RolloutController:
+    """The experiment stored with `rollout` settings, and a controller that has started its rollout."""
+    await parts["configs"].put(experiment(**rollout), actor="alice", expected_version=None)
+    driver = controller(parts, clock)
+    await driver.drive(NAME)
+    return driver
+
+
 async def weights(parts: dict[str, Any]) -> dict[str, float]:
     stored = await parts["configs"].get(NAME)
     return {v.name: v.weight for v in stored.experiment.variants}
@@ -205,11 +213,7 @@ async def test_a_healthy_canary_goes_through_every_step_and_is_promoted(parts: d
 
 
 async def test_a_canary_failing_a_gate_is_rolled_back_to_no_traffic(parts: dict[str, Any], clock: Clock) -> None:
-    await parts["configs"].put(
-        experiment(gates=[{"metric": "error_rate", "max_increase": 0.01}]), actor="alice", expected_version=None
-    )
-    driver = controller(parts, clock)
-    await driver.drive(NAME)
+    driver = await started(parts, clock, gates=[{"metric": "error_rate", "max_increase": 0.01}])
     await parts["traffic"].send("current", units=300, requests=5000, errors=5)
     await parts["traffic"].send("candidate", units=300, requests=5000, errors=400)  # 8% against 0.1%
     clock.advance()
@@ -227,11 +231,7 @@ async def test_a_canary_failing_a_gate_is_rolled_back_to_no_traffic(parts: dict[
 
 
 async def test_too_few_units_hold_the_step_and_never_roll_back(parts: dict[str, Any], clock: Clock) -> None:
-    await parts["configs"].put(
-        experiment(gates=[{"metric": "error_rate", "max_increase": 0.01}]), actor="alice", expected_version=None
-    )
-    driver = controller(parts, clock)
-    await driver.drive(NAME)
+    driver = await started(parts, clock, gates=[{"metric": "error_rate", "max_increase": 0.01}])
     await parts["traffic"].send("current", units=300, requests=300, errors=0)
     await parts["traffic"].send("candidate", units=20, requests=20, errors=10)  # terrible, but 20 units
     clock.advance()
@@ -244,11 +244,7 @@ async def test_too_few_units_hold_the_step_and_never_roll_back(parts: dict[str, 
 
 
 async def test_an_inconclusive_gate_holds_the_step(parts: dict[str, Any], clock: Clock) -> None:
-    await parts["configs"].put(
-        experiment(gates=[{"metric": "error_rate", "max_increase": 0.001}]), actor="alice", expected_version=None
-    )
-    driver = controller(parts, clock)
-    await driver.drive(NAME)
+    driver = await started(parts, clock, gates=[{"metric": "error_rate", "max_increase": 0.001}])
     await parts["traffic"].send("current", units=250, requests=250, errors=0)
     await parts["traffic"].send("candidate", units=250, requests=250, errors=0)  # no errors, but few calls
     clock.advance()
@@ -259,13 +255,7 @@ async def test_an_inconclusive_gate_holds_the_step(parts: dict[str, Any], clock:
 
 
 async def test_on_failure_pause_keeps_the_step_until_an_operator_resumes(parts: dict[str, Any], clock: Clock) -> None:
-    await parts["configs"].put(
-        experiment(gates=[{"metric": "latency_p95", "max_ratio": 1.25}], on_failure="pause"),
-        actor="alice",
-        expected_version=None,
-    )
-    driver = controller(parts, clock)
-    await driver.drive(NAME)
+    driver = await started(parts, clock, gates=[{"metric": "latency_p95", "max_ratio": 1.25}], on_failure="pause")
     await parts["traffic"].send("current", units=300, requests=3000, errors=0, latency_bucket=3)  # 1.5-2 ms
     await parts["traffic"].send("candidate", units=300, requests=3000, errors=0, latency_bucket=12)  # 10-12.5 ms
     clock.advance()
@@ -292,9 +282,7 @@ async def test_on_failure_pause_keeps_the_step_until_an_operator_resumes(parts: 
 
 
 async def test_operators_pause_advance_abort_and_restart(parts: dict[str, Any], clock: Clock) -> None:
-    await parts["configs"].put(experiment(), actor="alice", expected_version=None)
-    driver = controller(parts, clock)
-    await driver.drive(NAME)
+    driver = await started(parts, clock)
 
     async def act(action: RolloutAction) -> RolloutState:
         stored = await parts["configs"].get(NAME)
@@ -330,9 +318,7 @@ async def test_operators_pause_advance_abort_and_restart(parts: dict[str, Any], 
 
 
 async def test_a_changed_plan_starts_the_rollout_over(parts: dict[str, Any], clock: Clock) -> None:
-    await parts["configs"].put(experiment(), actor="alice", expected_version=None)
-    driver = controller(parts, clock)
-    await driver.drive(NAME)
+    driver = await started(parts, clock)
     await healthy_step(parts)
     clock.advance()
     await driver.drive(NAME)
@@ -427,9 +413,7 @@ def test_weights_at_give_the_canary_its_share_and_keep_the_others_proportions(
 async def test_a_share_changed_by_hand_pauses_the_rollout_instead_of_being_overwritten(
     parts: dict[str, Any], clock: Clock
 ) -> None:
-    await parts["configs"].put(experiment(), actor="alice", expected_version=None)
-    driver = controller(parts, clock)
-    await driver.drive(NAME)
+    driver = await started(parts, clock)
     stored = await parts["configs"].get(NAME)
     edited = ConfigPatch(weights={"current": 100, "candidate": 0}).apply(stored.experiment)
     await parts["configs"].put(edited, actor="oncall", expected_version=stored.version)
@@ -456,9 +440,7 @@ async def test_a_share_changed_by_hand_pauses_the_rollout_instead_of_being_overw
 async def test_a_paused_or_concluded_experiment_is_neither_moved_nor_advanced(
     parts: dict[str, Any], clock: Clock
 ) -> None:
-    await parts["configs"].put(experiment(), actor="alice", expected_version=None)
-    driver = controller(parts, clock)
-    await driver.drive(NAME)
+    driver = await started(parts, clock)
     stored = await parts["configs"].get(NAME)
     await parts["configs"].put(
         ConfigPatch(status="paused").apply(stored.experiment), actor="oncall", expected_version=stored.version
