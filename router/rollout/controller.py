@@ -28,9 +28,12 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Final
+from typing import Any, Final
+
+import orjson
 
 from router.config.edits import ConfigPatch, Promotion
 from router.config.schema import Experiment, Rollout
@@ -41,7 +44,7 @@ from router.rollout.gates import GateResult, Verdict, evaluate_gate
 from router.rollout.state import Phase, RolloutState, RolloutStore
 from router.store.client import honour_cancellation
 from router.store.configs import ConfigStore, StoredExperiment
-from router.store.stats import StatsStore
+from router.store.stats import StatsStore, VariantStats
 
 log = logging.getLogger("abrouter.rollout")
 
@@ -51,6 +54,8 @@ CONTROLLER: Final = "rollout"
 LEASE_TICKS: Final = 5
 #: but never shorter than this, so a slow Redis round trip does not hand the lease around
 MIN_LEASE_S: Final = 10.0
+#: the phases in which a rollout has a current step (and so a step baseline)
+MOVING: Final = frozenset({Phase.RUNNING, Phase.PAUSED})
 #: percent: a canary share further than this from the step's is someone else's edit
 SHARE_TOLERANCE: Final = 1e-6
 #: tries of an operator's action to write its weights when other config edits keep winning
@@ -104,6 +109,30 @@ def weights_at(experiment: Experiment, canary: str, percent: float) -> dict[str,
     else:  # nobody else had traffic: control takes the rest
         weights = {name: (rest if name == experiment.control else 0.0) for name in others}
     return {**weights, canary: percent}
+
+
+def baseline_of(control: VariantStats, canary: VariantStats) -> str:
+    """The arms' call counts and latency histograms, as a step's baseline is stored (JSON)."""
+    arms = {"control": control, "canary": canary}
+    return orjson.dumps({arm: [s.requests, s.errors, list(s.latency_counts)] for arm, s in arms.items()}).decode()
+
+
+def since_step(baseline: str, control: VariantStats, canary: VariantStats) -> tuple[VariantStats, VariantStats]:
+    """The arms' calls since the step's `baseline` (all of them without one): what operational gates judge."""
+    if not baseline:
+        return control, canary
+    taken = orjson.loads(baseline)
+
+    def minus(stats: VariantStats, base: list[Any]) -> VariantStats:
+        requests, errors, latency = base
+        return replace(
+            stats,
+            requests=max(0, stats.requests - requests),
+            errors=max(0, stats.errors - errors),
+            latency_counts=tuple(max(0, now - then) for now, then in zip(stats.latency_counts, latency, strict=False)),
+        )
+
+    return minus(control, taken["control"]), minus(canary, taken["canary"])
 
 
 def canary_share(experiment: Experiment, canary: str) -> float:
@@ -275,8 +304,8 @@ class RolloutController:
         self._metrics.set_rollout_step(name, percent_of(rollout, state))
         if experiment.status != "running":
             return  # an operator paused or concluded the experiment: no weights written, no decisions
-        if not state.weights_applied:
-            await apply_weights(self._configs, self._rollouts, stored, state, actor=CONTROLLER)
+        if not state.weights_applied or (state.phase in MOVING and not state.baseline):
+            await self._settle(stored, state)
             return
         if state.phase is not Phase.RUNNING:
             return
@@ -316,14 +345,34 @@ class RolloutController:
         if written is not None:
             log.warning("rollout of %s: %s", stored.name, reason)
 
+    async def _settle(self, stored: StoredExperiment, state: RolloutState, *, why: str = "") -> RolloutState | None:
+        """Write the step's weights if they are not yet, then note the arms' call counts as the step's baseline.
+
+        Error-rate and latency gates judge the calls since their step began (`since_step`), so a
+        canary is judged at the share it has now, and one resumed after a rollback is not held to
+        the calls that failed it. Returns the state as stored after, None if another writer won.
+        """
+        settled: RolloutState | None = state
+        if not state.weights_applied:
+            settled = await apply_weights(self._configs, self._rollouts, stored, state, actor=CONTROLLER, why=why)
+        if settled is None or settled.phase not in MOVING or settled.baseline:
+            return settled
+        control, canary = await self._arms(stored.experiment)
+        return await self._rollouts.write(stored.name, settled.but(baseline=baseline_of(control, canary)))
+
+    async def _arms(self, experiment: Experiment) -> tuple[VariantStats, VariantStats]:
+        """Control's and the canary's statistics, summed over every replica, since the experiment began."""
+        assert experiment.rollout is not None
+        metrics = [metric.name for metric in experiment.metrics]
+        stats = await self._stats.read(experiment.name, variants=list(experiment.variant_names), metrics=metrics)
+        return stats.variant(experiment.control), stats.variant(experiment.rollout.canary)
+
     async def decide(self, stored: StoredExperiment, state: RolloutState, now: float) -> RolloutDecision | None:
         """Compare canary and control on the gates and act; the decision made, None if another writer won."""
         experiment = stored.experiment
         rollout = experiment.rollout
         assert rollout is not None
-        metrics = [metric.name for metric in experiment.metrics]
-        stats = await self._stats.read(experiment.name, variants=list(experiment.variant_names), metrics=metrics)
-        control, canary = stats.variant(experiment.control), stats.variant(rollout.canary)
+        control, canary = await self._arms(experiment)
         units = {"control": control.units, "canary": canary.units}
         results: list[GateResult] | None = None
         if min(control.units, canary.units) < rollout.min_units:
@@ -334,7 +383,13 @@ class RolloutController:
             )
         else:
             kinds = {metric.name: metric.kind for metric in experiment.metrics}
-            results = [evaluate_gate(gate, control, canary, kind=kinds.get(gate.metric)) for gate in rollout.gates]
+            step_control, step_canary = since_step(state.baseline, control, canary)
+            results = [
+                evaluate_gate(gate, control, canary, kind=kinds[gate.metric])
+                if gate.metric in kinds
+                else evaluate_gate(gate, step_control, step_canary, kind=None)
+                for gate in rollout.gates
+            ]
             failed = [result for result in results if result.verdict is Verdict.FAIL]
             unsure = [result for result in results if result.verdict is Verdict.INCONCLUSIVE]
             if failed:
@@ -365,7 +420,7 @@ class RolloutController:
             return None
         if not written.weights_applied:
             inputs = f"{reason}; units: control {control.units}, canary {canary.units}"
-            await apply_weights(self._configs, self._rollouts, stored, written, actor=CONTROLLER, why=inputs)
+            await self._settle(stored, written, why=inputs)
         log.info("rollout of %s: %s (%s)", experiment.name, decision.value, reason)
         return decision
 
@@ -378,8 +433,8 @@ async def apply_weights(
     *,
     actor: str,
     why: str = "",
-) -> bool:
-    """Write the config that carries `state` as a new version, then mark the state applied; False if raced.
+) -> RolloutState | None:
+    """Write the config that carries `state` as a new version, then mark the state applied; None if raced.
 
     `why` (the decision's reason and inputs) goes into the history's change summary. A lost race
     (another edit of the config or of the state) is left for the caller, or the controller's next
@@ -393,8 +448,8 @@ async def apply_weights(
     try:
         await configs.put(target, actor=actor, expected_version=stored.version, note=note)
     except VersionConflict:
-        return False
-    return await rollouts.write(experiment.name, state.but(weights_applied=True)) is not None
+        return None
+    return await rollouts.write(experiment.name, state.but(weights_applied=True))
 
 
 async def operate(
@@ -441,8 +496,9 @@ async def operate(
     if written.weights_applied:
         return written
     for _ in range(OPERATOR_WRITE_ATTEMPTS):
-        if await apply_weights(configs, rollouts, stored, written, actor=actor, why=f"{action.value} by {actor}"):
-            return written.but(weights_applied=True, revision=written.revision + 1)
+        applied = await apply_weights(configs, rollouts, stored, written, actor=actor, why=f"{action.value} by {actor}")
+        if applied is not None:
+            return applied  # the controller notes the step's baseline at its next tick
         # another edit of the config came first: apply the step's weights to the newer version
         stored = await configs.get(experiment.name)
         current = await rollouts.read(experiment.name)
@@ -490,7 +546,7 @@ def _after(decision: RolloutDecision, rollout: Rollout, state: RolloutState, now
     """The state a decision leads to; the next decision is one interval away whatever it was."""
     later = state.but(next_decision_at=now + rollout.interval_s)
     if decision is RolloutDecision.ADVANCE:
-        return later.but(step=state.step + 1, weights_applied=False)
+        return later.but(step=state.step + 1, weights_applied=False, baseline="")
     if decision is RolloutDecision.PROMOTE:
         return later.but(phase=Phase.PROMOTED, step=len(rollout.steps) - 1, weights_applied=False)
     if decision is RolloutDecision.ROLLBACK:

@@ -79,6 +79,8 @@ class RolloutState:
     next_decision_at: float  # unix seconds
     weights_applied: bool  # False until the config carries this step's weights
     revision: int = 0
+    #: the arms' call counts when the step began (`StepBaseline.to_json`), "" until the controller took them
+    baseline: str = ""
 
     def fields(self) -> list[str]:
         """The hash fields, as the flat [field, value, ...] the write script takes."""
@@ -93,6 +95,8 @@ class RolloutState:
             repr(self.next_decision_at),
             "weights_applied",
             "1" if self.weights_applied else "0",
+            "baseline",
+            self.baseline,
         ]
 
     def but(self, **changes: Any) -> RolloutState:
@@ -176,6 +180,7 @@ def _state_from_hash(fields: Mapping[str, str]) -> RolloutState:
         step=int(fields.get("step", "0")),
         next_decision_at=float(fields.get("next_decision_at", "0")),
         weights_applied=fields.get("weights_applied") == "1",
+        baseline=fields.get("baseline", ""),
         revision=int(fields.get("revision", "0")),
     )
 

@@ -145,6 +145,19 @@ async def started(parts: dict[str, Any], clock: Clock, **rollout: Any) -> Rollou
     return driver
 
 
+async def act(parts: dict[str, Any], clock: Clock, action: RolloutAction, actor: str = "bob") -> RolloutState:
+    """An operator's action on the rollout as it is stored now."""
+    return await operate(
+        action,
+        await parts["configs"].get(NAME),
+        configs=parts["configs"],
+        rollouts=parts["rollouts"],
+        metrics=parts["metrics"],
+        actor=actor,
+        now=clock(),
+    )
+
+
 async def weights(parts: dict[str, Any]) -> dict[str, float]:
     stored = await parts["configs"].get(NAME)
     return {v.name: v.weight for v in stored.experiment.variants}
@@ -266,16 +279,7 @@ async def test_on_failure_pause_keeps_the_step_until_an_operator_resumes(parts: 
     await driver.drive(NAME)
     assert await decisions(parts) == ["advance", "pause"]
 
-    stored = await parts["configs"].get(NAME)
-    resumed = await operate(
-        RolloutAction.RESUME,
-        stored,
-        configs=parts["configs"],
-        rollouts=parts["rollouts"],
-        metrics=parts["metrics"],
-        actor="bob",
-        now=clock(),
-    )
+    resumed = await act(parts, clock, RolloutAction.RESUME, actor="bob")
     assert resumed.phase is Phase.RUNNING and resumed.step == 0
     newest = (await parts["rollouts"].decisions(NAME))[0]
     assert newest["decision"] == "resume" and newest["actor"] == "bob"
@@ -284,32 +288,20 @@ async def test_on_failure_pause_keeps_the_step_until_an_operator_resumes(parts: 
 async def test_operators_pause_advance_abort_and_restart(parts: dict[str, Any], clock: Clock) -> None:
     driver = await started(parts, clock)
 
-    async def act(action: RolloutAction) -> RolloutState:
-        stored = await parts["configs"].get(NAME)
-        return await operate(
-            action,
-            stored,
-            configs=parts["configs"],
-            rollouts=parts["rollouts"],
-            metrics=parts["metrics"],
-            actor="bob",
-            now=clock(),
-        )
-
-    assert (await act(RolloutAction.PAUSE)).phase is Phase.PAUSED
+    assert (await act(parts, clock, RolloutAction.PAUSE)).phase is Phase.PAUSED
     with pytest.raises(RolloutConflict, match="cannot pause a rollout that is paused"):
-        await act(RolloutAction.PAUSE)
-    healthy = await act(RolloutAction.ADVANCE)  # paused rollouts can be moved by hand
+        await act(parts, clock, RolloutAction.PAUSE)
+    healthy = await act(parts, clock, RolloutAction.ADVANCE)  # paused rollouts can be moved by hand
     assert healthy.step == 1 and shares(await weights(parts))["candidate"] == 5.0
     clock.advance()
     await healthy_step(parts)
     await driver.drive(NAME)  # paused: the controller does not decide
     assert shares(await weights(parts))["candidate"] == 5.0
-    assert (await act(RolloutAction.ABORT)).phase is Phase.ABORTED
+    assert (await act(parts, clock, RolloutAction.ABORT)).phase is Phase.ABORTED
     assert shares(await weights(parts)) == {"current": 100.0, "candidate": 0.0}
     with pytest.raises(RolloutConflict):
-        await act(RolloutAction.ADVANCE)
-    restarted = await act(RolloutAction.RESUME)
+        await act(parts, clock, RolloutAction.ADVANCE)
+    restarted = await act(parts, clock, RolloutAction.RESUME)
     assert restarted.phase is Phase.RUNNING and restarted.step == 0
     assert shares(await weights(parts))["candidate"] == 1.0
     assert await decisions(parts) == ["advance", "pause", "advance", "abort", "resume"]
@@ -348,17 +340,8 @@ async def test_an_experiment_without_a_rollout_refuses_operator_actions(parts: d
     plain = experiment().model_dump(mode="json")
     plain["rollout"] = None
     await parts["configs"].put(Experiment.model_validate(plain), actor="alice", expected_version=None)
-    stored = await parts["configs"].get(NAME)
     with pytest.raises(NoRollout):
-        await operate(
-            RolloutAction.PAUSE,
-            stored,
-            configs=parts["configs"],
-            rollouts=parts["rollouts"],
-            metrics=parts["metrics"],
-            actor="bob",
-            now=clock(),
-        )
+        await act(parts, clock, RolloutAction.PAUSE, actor="bob")
 
 
 async def test_one_lease_holder_at_a_time_and_a_released_lease_is_free_at_once(parts: dict[str, Any]) -> None:
@@ -424,15 +407,7 @@ async def test_a_share_changed_by_hand_pauses_the_rollout_instead_of_being_overw
     assert shares(await weights(parts))["candidate"] == 0.0  # the edit stands
     newest = (await parts["rollouts"].decisions(NAME))[0]
     assert newest["decision"] == "pause" and "changed to 0% by oncall" in newest["reason"]
-    resumed = await operate(
-        RolloutAction.RESUME,
-        await parts["configs"].get(NAME),
-        configs=parts["configs"],
-        rollouts=parts["rollouts"],
-        metrics=parts["metrics"],
-        actor="oncall",
-        now=clock(),
-    )
+    resumed = await act(parts, clock, RolloutAction.RESUME, actor="oncall")
     assert resumed.phase is Phase.RUNNING and resumed.step == 0 and resumed.weights_applied
     assert shares(await weights(parts))["candidate"] == 1.0  # resuming writes the step's share again
 
@@ -450,15 +425,7 @@ async def test_a_paused_or_concluded_experiment_is_neither_moved_nor_advanced(
     await driver.drive(NAME)
     assert await decisions(parts) == ["advance"]  # no decision while the experiment is paused
     with pytest.raises(RolloutConflict, match="the experiment is paused"):
-        await operate(
-            RolloutAction.ADVANCE,
-            await parts["configs"].get(NAME),
-            configs=parts["configs"],
-            rollouts=parts["rollouts"],
-            metrics=parts["metrics"],
-            actor="bob",
-            now=clock(),
-        )
+        await act(parts, clock, RolloutAction.ADVANCE, actor="bob")
 
 
 async def test_only_the_lease_holder_ticks_a_rollout_and_an_archived_experiment_stops_nothing(
@@ -498,3 +465,26 @@ async def test_only_the_lease_holder_ticks_a_rollout_and_an_archived_experiment_
         assert other_lease is not None and other_lease[0] == "second"  # released at close, taken at once
     finally:
         await upstream.aclose()
+
+
+async def test_error_and_latency_gates_judge_the_calls_of_the_current_step_so_a_resumed_rollout_can_pass(
+    parts: dict[str, Any], clock: Clock
+) -> None:
+    driver = await started(parts, clock, gates=[{"metric": "error_rate", "max_increase": 0.01}])
+    await parts["traffic"].send("current", units=300, requests=5000, errors=5)
+    await parts["traffic"].send("candidate", units=300, requests=5000, errors=400)  # 8%: rolled back
+    clock.advance()
+    await driver.drive(NAME)
+    assert (await state(parts)).phase is Phase.ROLLED_BACK
+    await act(parts, clock, RolloutAction.RESUME, actor="bob")
+    await driver.drive(NAME)  # notes the restarted step's baseline
+    assert (await state(parts)).baseline
+    await parts["traffic"].send("current", units=300, requests=5000, errors=5)
+    await parts["traffic"].send("candidate", units=300, requests=5000, errors=5)  # fixed
+    clock.advance()
+    await driver.drive(NAME)
+    assert await decisions(parts) == ["advance", "rollback", "resume", "advance"]
+    assert shares(await weights(parts))["candidate"] == 5.0
+    gate = (await parts["rollouts"].decisions(NAME))[0]["gates"][0]
+    assert (gate["control_n"], gate["canary_n"]) == (5000, 5000)  # this step's calls, not all 10 000
+    assert gate["verdict"] == "pass"
