@@ -13,6 +13,7 @@ handler as ``{"error": {"code", "message", "details"}}`` and the class's HTTP st
       VariantError       ModelLoadError (500, start-up only) · PredictionError (500) · ModelOverloaded (503)
       StoreUnavailable   (503; never reaches a prediction caller: the event path buffers instead)
       FeatureDisabled    (503; the gateway was started with that feature off, e.g. ABROUTER_METRICS_ENABLED=false)
+      RolloutError       NoRollout (409) · RolloutConflict (409)
       GatewayError       GatewayUnreachable (the CLI's side: a gateway answered with an error, or not at all)
 """
 
@@ -164,6 +165,25 @@ class FeatureDisabled(RouterError):
 
     status_code = 503
     code = "feature_disabled"
+
+
+class RolloutError(RouterError):
+    """An operator's rollout call that does not apply (SPEC section 7; docs/rollout.md)."""
+
+    status_code = 409
+    code = "rollout_error"
+
+
+class NoRollout(RolloutError):
+    """The experiment's config has no `rollout` block."""
+
+    code = "no_rollout"
+
+
+class RolloutConflict(RolloutError):
+    """The action does not apply to the rollout as it stands (e.g. resume one that is running)."""
+
+    code = "rollout_conflict"
 
 
 class GatewayError(RouterError):

@@ -337,7 +337,7 @@ class Metrics:
             (self._pending_upstream_durations, self.upstream_duration_seconds, self._upstream_durations),
         ):
             for series, observations in pending.items():
-                if not observations.total and not any(observations.counts):
+                if not any(observations.counts):
                     continue
                 histogram = children.get(series)
                 if histogram is None:
@@ -397,9 +397,8 @@ class Metrics:
     def config_in_force(self, experiment: Experiment, version: int) -> None:
         """Show a version that came into force: its version and each variant's share of the weights."""
         name = experiment.name
-        total = sum(experiment.weights)
-        for variant in experiment.variants:
-            self.variant_weight.labels(name, variant.name).set(variant.weight / total if total > 0 else 0.0)
+        for variant, share in experiment.shares.items():
+            self.variant_weight.labels(name, variant).set(share)
         self.config_version.labels(name).set(version)
         variants = frozenset(experiment.variant_names)
         for dropped in self._served.get(name, frozenset()) - variants:

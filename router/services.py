@@ -69,7 +69,7 @@ class Services:
 def report_death(task: asyncio.Task[None]) -> None:
     """A background task that should run for the process's life ended by itself: say so at once."""
     if not task.cancelled() and task.exception() is not None:
-        log.error("background task %s died: %r", task.get_name(), task.exception())
+        log.error("background task %s died", task.get_name(), exc_info=task.exception())
 
 
 async def stop_task(task: asyncio.Task[None] | None) -> None:

@@ -17,8 +17,8 @@ from starlette.routing import Route
 
 from router.api.auth import actor_of, admin_only
 from router.api.responses import JSONResponse
-from router.errors import InvalidPayload
-from router.rollout.controller import NoRollout, RolloutAction, operate, percent_of, plan_of
+from router.errors import InvalidPayload, NoRollout
+from router.rollout.controller import RolloutAction, current, operate, percent_of
 from router.rollout.state import RolloutState
 from router.services import Services
 
@@ -36,9 +36,8 @@ async def rollout_json(services: Services, name: str) -> dict[str, Any]:
     rollout = stored.experiment.rollout
     if rollout is None:
         raise NoRollout(f"experiment {name!r} has no rollout in its config (see docs/rollout.md)")
-    state: RolloutState | None = await services.rollouts.read(name)
-    if state is not None and state.plan != plan_of(rollout):
-        state = None  # started for another plan: this one starts over at the controller's next pass
+    # None as well for another plan's state: this one starts over at the controller's next pass
+    state: RolloutState | None = current(await services.rollouts.read(name), rollout)
     lease = await services.rollouts.lease(name)
     return {
         "experiment": name,

@@ -13,6 +13,7 @@ import math
 import urllib.parse
 from collections.abc import Mapping
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -273,6 +274,12 @@ class Experiment(_Model):
     def weights(self) -> tuple[float, ...]:
         return tuple(v.weight for v in self.variants)
 
+    @functools.cached_property
+    def shares(self) -> Mapping[str, float]:
+        """variant -> its share of traffic, weight / sum of weights (the validators keep the sum positive)."""
+        total = sum(self.weights)
+        return MappingProxyType({v.name: v.weight / total for v in self.variants})
+
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         """A copy whose derived values are computed afresh (pydantic would copy cached ones, stale after `update`)."""
         copy = super().model_copy(update=update, deep=deep)
@@ -289,7 +296,7 @@ class Experiment(_Model):
 
 
 #: the cached properties of `Experiment`
-_DERIVED: Final = ("hash_seed", "variant_names", "weights")
+_DERIVED: Final = ("hash_seed", "variant_names", "weights", "shares")
 
 
 class ConfigFile(_Model):

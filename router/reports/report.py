@@ -97,11 +97,6 @@ def _timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _shares(experiment: Experiment) -> dict[str, float]:
-    total = sum(experiment.weights)
-    return {v.name: v.weight / total for v in experiment.variants}
-
-
 def _srm(experiment: Experiment, counts: Mapping[str, VariantCounts], running_min: float | None) -> SrmReport:
     names = list(counts)
     units = [counts[name].units for name in names]
@@ -116,7 +111,7 @@ def _srm(experiment: Experiment, counts: Mapping[str, VariantCounts], running_mi
         chi_square=None if chi is None else chi.statistic,
         df=None if chi is None else chi.df,
         sequential_p_value=sequential if chi is not None else None,
-        expected_shares=_shares(experiment),
+        expected_shares=dict(experiment.shares),
         units=dict(zip(names, units, strict=True)),
         message="",
     )
@@ -143,7 +138,7 @@ def _variant(
     total_units: int,
     latency_bounds_ms: Sequence[float],
 ) -> VariantReport:
-    share = _shares(experiment)[name]
+    share = experiment.shares[name]
     latency = latency_percentiles(latency_bounds_ms, counts.latency_counts) if counts.latency_counts else None
     return VariantReport(
         name=name,

@@ -37,7 +37,7 @@ import orjson
 
 from router.config.edits import ConfigPatch, Promotion
 from router.config.schema import Experiment, Rollout
-from router.errors import RouterError, StoreUnavailable, UnknownExperiment, VersionConflict
+from router.errors import NoRollout, RolloutConflict, StoreUnavailable, UnknownExperiment, VersionConflict
 from router.live_config import LiveConfig
 from router.metrics import Metrics, RolloutDecision, StoreOperation
 from router.rollout.gates import GateResult, Verdict, evaluate_gate
@@ -69,20 +69,6 @@ class RolloutAction(StrEnum):
     RESUME = "resume"
     ADVANCE = "advance"
     ABORT = "abort"
-
-
-class RolloutConflict(RouterError):
-    """The action does not apply to the rollout as it stands (e.g. resume one that is running)."""
-
-    status_code = 409
-    code = "rollout_conflict"
-
-
-class NoRollout(RouterError):
-    """The experiment's config has no `rollout` block."""
-
-    status_code = 409
-    code = "no_rollout"
 
 
 def plan_of(rollout: Rollout) -> str:
@@ -135,12 +121,6 @@ def since_step(baseline: str, control: VariantStats, canary: VariantStats) -> tu
     return minus(control, taken["control"]), minus(canary, taken["canary"])
 
 
-def canary_share(experiment: Experiment, canary: str) -> float:
-    """The canary's share of the config's weights, in percent."""
-    total = sum(experiment.weights)
-    return experiment.variant(canary).weight / total * 100 if total > 0 else 0.0
-
-
 def target_config(experiment: Experiment, state: RolloutState) -> Experiment:
     """The config that carries `state`: the step's weights, no canary traffic after a rollback, or the promotion."""
     rollout = experiment.rollout
@@ -150,15 +130,23 @@ def target_config(experiment: Experiment, state: RolloutState) -> Experiment:
     return ConfigPatch(weights=weights_at(experiment, rollout.canary, percent_of(rollout, state))).apply(experiment)
 
 
-def start_state(rollout: Rollout, now: float, *, revision: int = 0) -> RolloutState:
-    """A rollout at its first step, its first decision one interval away, its weights not yet written."""
+def current(state: RolloutState | None, rollout: Rollout) -> RolloutState | None:
+    """The stored `state` if it is a state of this rollout's plan; None if there is none or it is another plan's."""
+    return state if state is not None and state.plan == plan_of(rollout) else None
+
+
+def start_state(rollout: Rollout, now: float, *, previous: RolloutState | None = None) -> RolloutState:
+    """A rollout at its first step, its first decision one interval away, its weights not yet written.
+
+    `previous` is the state stored until now, if any: the new one replaces it (compare-and-set on its revision).
+    """
     return RolloutState(
         plan=plan_of(rollout),
         phase=Phase.RUNNING,
         step=0,
         next_decision_at=now + rollout.interval_s,
         weights_applied=False,
-        revision=revision,
+        revision=previous.revision if previous is not None else 0,
     )
 
 
@@ -251,10 +239,7 @@ class RolloutController:
                 log.exception("rollout of %s: unexpected error; trying again at the next tick", name)
 
     async def _tick_one(self, name: str) -> None:
-        try:
-            experiment = self._live.get(name).experiment
-        except UnknownExperiment:
-            return
+        experiment = self._live.get(name).experiment
         if experiment.rollout is None:
             self._held.discard(name)
             return
@@ -273,20 +258,18 @@ class RolloutController:
 
     async def drive(self, name: str) -> None:
         """Start, reconcile or decide one rollout, as the holder of its lease."""
-        try:
-            stored = await self._configs.get(name)
-        except UnknownExperiment:
-            return
+        stored = await self._configs.get(name)
         experiment, rollout = stored.experiment, stored.experiment.rollout
         if rollout is None:
             return
         now = self._clock()
-        state = await self._rollouts.read(name)
-        if state is None or state.plan != plan_of(rollout):
+        previous = await self._rollouts.read(name)
+        state = current(previous, rollout)
+        if state is None:
             if experiment.status != "running":
                 return  # a paused or concluded experiment does not start a rollout
-            started = start_state(rollout, now, revision=state.revision if state else 0)
-            reason = "rollout started" if state is None else "rollout started again: its canary or steps changed"
+            started = start_state(rollout, now, previous=previous)
+            reason = "rollout started" if previous is None else "rollout started again: its canary or steps changed"
             state = await record_decision(
                 self._rollouts,
                 self._metrics,
@@ -309,7 +292,7 @@ class RolloutController:
             return
         if state.phase is not Phase.RUNNING:
             return
-        share = canary_share(experiment, rollout.canary)
+        share = experiment.shares[rollout.canary] * 100
         if not math.isclose(share, percent_of(rollout, state), abs_tol=SHARE_TOLERANCE):
             await self._yield_to_edit(stored, state, share, now)
             return
@@ -472,9 +455,8 @@ async def operate(
             f"cannot {action.value} the rollout of {experiment.name!r}: the experiment is {experiment.status}; "
             "set its status to running first"
         )
-    state = await rollouts.read(experiment.name)
-    if state is None or state.plan != plan_of(rollout):
-        state = start_state(rollout, now, revision=state.revision if state else 0)  # as the controller would
+    previous = await rollouts.read(experiment.name)
+    state = current(previous, rollout) or start_state(rollout, now, previous=previous)  # as the controller would
     decision, after = _operator_change(action, rollout, state, now)
     written = await record_decision(
         rollouts,
@@ -501,8 +483,8 @@ async def operate(
             return applied  # the controller notes the step's baseline at its next tick
         # another edit of the config came first: apply the step's weights to the newer version
         stored = await configs.get(experiment.name)
-        current = await rollouts.read(experiment.name)
-        if current is None or current.revision != written.revision:
+        latest = await rollouts.read(experiment.name)
+        if latest is None or latest.revision != written.revision:
             break  # the state moved on too: the controller's next tick settles the weights
     raise RolloutConflict(
         f"the {action.value} of {experiment.name!r} is recorded, but its weights could not be written: "
@@ -514,7 +496,6 @@ def _operator_change(
     action: RolloutAction, rollout: Rollout, state: RolloutState, now: float
 ) -> tuple[RolloutDecision, RolloutState]:
     phase = state.phase
-    moving = (Phase.RUNNING, Phase.PAUSED)
     if action is RolloutAction.PAUSE:
         _require(phase is Phase.RUNNING, action, phase)
         return RolloutDecision.PAUSE, state.but(phase=Phase.PAUSED)
@@ -523,12 +504,12 @@ def _operator_change(
             resumed = state.but(phase=Phase.RUNNING, next_decision_at=now + rollout.interval_s, weights_applied=False)
             return RolloutDecision.RESUME, resumed
         _require(phase in (Phase.ROLLED_BACK, Phase.ABORTED), action, phase)
-        return RolloutDecision.RESUME, start_state(rollout, now, revision=state.revision)  # from the first step again
+        return RolloutDecision.RESUME, start_state(rollout, now, previous=state)  # from the first step again
     if action is RolloutAction.ADVANCE:
-        _require(phase in moving, action, phase)
+        _require(phase in MOVING, action, phase)
         decision = _advance_or_promote(rollout, state)
         return decision, _after(decision, rollout, state, now)
-    _require(phase in moving, action, phase)
+    _require(phase in MOVING, action, phase)
     return RolloutDecision.ABORT, state.but(phase=Phase.ABORTED, weights_applied=False)
 
 

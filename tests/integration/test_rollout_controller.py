@@ -6,6 +6,7 @@ controller reads exactly what it would read in production; its clock is the test
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Iterator
 from typing import Any
@@ -16,14 +17,13 @@ from prometheus_client import CollectorRegistry
 
 from router.config.edits import ConfigPatch
 from router.config.schema import Experiment, MetricKind
+from router.errors import NoRollout, RolloutConflict
 from router.live_config import LiveConfig
 from router.metrics import Metrics
 from router.proxy import open_upstream_client
 from router.rollout.controller import (
     CONTROLLER,
-    NoRollout,
     RolloutAction,
-    RolloutConflict,
     RolloutController,
     operate,
     weights_at,
@@ -358,8 +358,6 @@ async def test_one_lease_holder_at_a_time_and_a_released_lease_is_free_at_once(p
 
 
 async def test_an_expired_lease_moves_to_another_process(parts: dict[str, Any]) -> None:
-    import asyncio
-
     rollouts: RolloutStore = parts["rollouts"]
     assert await rollouts.hold_lease(NAME, "a", 0.05)
     await asyncio.sleep(0.1)
@@ -429,7 +427,7 @@ async def test_a_paused_or_concluded_experiment_is_neither_moved_nor_advanced(
 
 
 async def test_only_the_lease_holder_ticks_a_rollout_and_an_archived_experiment_stops_nothing(
-    redis_client: redis.asyncio.Redis, parts: dict[str, Any], clock: Clock
+    parts: dict[str, Any], clock: Clock
 ) -> None:
     upstream = open_upstream_client("httptools", max_connections=4, keepalive_s=1)
     live = LiveConfig(parts["configs"], client=upstream, models=ModelCache(None))

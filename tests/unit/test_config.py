@@ -48,6 +48,7 @@ def test_a_valid_file_loads_with_its_defaults(tmp_path: Path) -> None:
     assert experiment.hash_version == 2
     assert experiment.unit == "header:X-User-Id"
     assert experiment.weights == (90, 10)
+    assert experiment.shares == {"current": 0.9, "candidate": 0.1}
     assert experiment.variant("candidate").timeout_s == 1.0
 
 
@@ -266,11 +267,12 @@ def test_the_config_schema_round_trips_through_json() -> None:
 
 def test_a_copied_experiment_derives_its_weights_names_and_seed_from_its_own_fields() -> None:
     original = Experiment.model_validate(_experiment())
-    assert original.weights and original.variant_names and original.hash_seed  # computed and cached
+    assert original.weights and original.variant_names and original.hash_seed and original.shares  # cached
     variants = [{**v, "weight": 7} for v in _experiment()["variants"]]
     copy = original.model_copy(
         update={"seed": "other", "variants": Experiment.model_validate(_experiment(variants=variants)).variants}
     )
     assert copy.hash_seed == "other"
     assert copy.weights == (7, 7)
+    assert copy.shares == {"current": 0.5, "candidate": 0.5}
     assert original.weights != copy.weights
