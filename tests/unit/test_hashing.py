@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from router.assignment.hashing import fnv32a, gb_hash
+from router.assignment.hashing import FNV_OFFSET_BASIS, FNV_PRIME, fnv32a, gb_hash
 
 CASES = Path(__file__).parent.parent / "data" / "growthbook_cases.json"
 
@@ -46,6 +48,20 @@ def test_fnv32a_hashes_the_utf8_bytes_of_non_ascii_text() -> None:
 
 def test_fnv32a_accepts_a_lone_surrogate_instead_of_raising() -> None:
     assert fnv32a("\ud800") == 0x75A7B798
+
+
+def reference_fnv32a(data: bytes) -> int:
+    """FNV-1a as its definition reads, one byte at a time: the oracle for the compiled loop."""
+    h = FNV_OFFSET_BASIS
+    for byte in data:
+        h = ((h ^ byte) * FNV_PRIME) & 0xFFFFFFFF
+    return h
+
+
+@given(st.text())
+def test_fnv32a_equals_the_byte_by_byte_definition(text: str) -> None:
+    # st.text() draws lone surrogates too: they hash as their surrogatepass bytes.
+    assert fnv32a(text) == reference_fnv32a(text.encode("utf-8", "surrogatepass"))
 
 
 def test_gb_hash_is_none_for_an_unknown_version() -> None:
