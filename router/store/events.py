@@ -34,7 +34,7 @@ import socket
 import time
 import uuid
 from bisect import bisect_left
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,6 +214,46 @@ class SpillFile:
         return f"SpillFile({str(self.path)!r}, pending={self.pending})"
 
 
+class SeenUnits:
+    """Units this process exposed recently, per experiment: at most `size` of them, the oldest forgotten first.
+
+    Two generations of plain sets rather than an LRU `OrderedDict`: an interleaved A/B under the
+    benchmark's load measured the ordered dict of 100 000 units at 3.7 us of CPU per new unit
+    (its linked list touches cold memory on every insert and eviction). A unit met again in the
+    old generation moves to the young one; when the young one holds half of `size`, it becomes the
+    old one and the previous old one is dropped whole. So a unit is remembered for between half
+    of `size` and `size` newer units, and a forgotten unit only costs an event Redis ignores.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._young_max = max(1, size // 2)
+        self._young: dict[str, set[str]] = {}
+        self._old: dict[str, set[str]] = {}
+        self._young_count = 0
+
+    def __len__(self) -> int:
+        """Units held, both generations: up to `size` (a unit met again can be in both for a while)."""
+        return sum(len(units) for generation in (self._young, self._old) for units in generation.values())
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        experiment, unit = key
+        return unit in self._young.get(experiment, ()) or unit in self._old.get(experiment, ())
+
+    def add(self, experiment: str, unit: str) -> bool:
+        """Remember `unit`; True when it was not remembered already (its exposure is new to this process)."""
+        young = self._young.get(experiment)
+        if young is None:
+            young = self._young[experiment] = set()
+        elif unit in young:
+            return False
+        young.add(unit)
+        self._young_count += 1
+        new = unit not in self._old.get(experiment, ())
+        if self._young_count >= self._young_max:
+            self._old, self._young, self._young_count = self._young, {}, 0
+        return new
+
+
 @dataclass(slots=True)
 class _CallTally:
     """Calls served by one variant since the last calls event."""
@@ -265,7 +305,6 @@ class EventWriter:
         self._spill_max_bytes = spill_max_bytes
         self._write_timeout_s = write_timeout_s
         self._shutdown_timeout_s = shutdown_timeout_s
-        self._seen_cache_size = seen_cache_size
         self._on_first_variant = on_first_variant
         self._observer = observer
         self._clock = clock
@@ -285,7 +324,7 @@ class EventWriter:
         self._batch: _Batch | None = None
         self._tallies: dict[tuple[str, str], _CallTally] = {}
         self._written_to: set[str] = set()  # experiments whose writers hash holds this writer's sequence
-        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._seen = SeenUnits(seen_cache_size)
         self._wakeup = asyncio.Event()
         self._flush_now = False
         self._task: asyncio.Task[None] | None = None
@@ -345,13 +384,8 @@ class EventWriter:
         tally.latency[bisect_left(LATENCY_BUCKETS_MS, latency_ms)] += 1  # latency_bucket(), less a call
         if unit is None or not assigned.exposed:
             return
-        key = (name, unit)
-        if key in self._seen:
-            self._seen.move_to_end(key)
+        if not self._seen.add(name, unit):
             return
-        self._seen[key] = None
-        if len(self._seen) > self._seen_cache_size:
-            self._seen.popitem(last=False)
         if experiment.sticky and self._on_first_variant is not None:
             self._on_first_variant(name, unit, variant)
         self._enqueue(
