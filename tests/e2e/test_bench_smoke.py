@@ -94,3 +94,28 @@ def test_the_in_process_overhead_benchmarks_run_in_smoke_mode(script: str, expec
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "calls/s" in done.stdout and expected in done.stdout
+
+
+def test_the_ab_comparison_runs_each_variant_with_its_own_environment(trained_models: dict[str, Path]) -> None:
+    models_dir = next(iter(trained_models.values())).parent
+    # The last variant's gateway gets a setting it refuses at start: the comparison must start it
+    # with that environment, go on with the others and say so in its exit code.
+    bad = "on:ABROUTER_UPSTREAM_CLIENT=carrier-pigeon"
+    args = ["--smoke", "--no-install", "--models-dir", str(models_dir), "on", "off", bad]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.ab", *args], cwd=ROOT, capture_output=True, text=True, timeout=100, check=False
+    )
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    table = {line.split("|")[1].strip(): line for line in done.stdout.splitlines() if line.startswith("| o")}
+    assert set(table) == {"on", "off", bad}
+    assert re.search(r"\| on \| 1 \| [\d,]+ \| [\d.]+ \| [\d.]+ \| 1\.000x \|", table["on"]), table["on"]
+    assert re.search(r"\| off \| 1 \| [\d,]+ \| [\d.]+ \| [\d.]+ \| [\d.]+x \|", table["off"]), table["off"]
+    assert "| 0 |" in table[bad]  # it never started: no figures
+    assert f"failed: {bad} #1" in done.stderr and "carrier-pigeon" in done.stderr
+
+
+def test_an_ab_variant_must_start_with_on_or_off() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.ab", "--smoke", "maybe"], cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 2 and "starts with 'on' or 'off'" in done.stderr

@@ -1,0 +1,156 @@
+"""Interleaved A/B of gateway variants under the benchmark's load: ``python -m bench.ab on off`` (docs/performance.md).
+
+A whole `bench.run` moves by 10 to 40% between runs on a shared VM, which hides changes of a few
+microseconds per call. This measures only gateways, the same way as bench.run's proxy rows (its
+Redis, nginx upstream, wrk load and CPU layout), but alternates the variants round after round,
+each on a freshly started gateway, and reports the median of the rounds: drift hits every variant
+alike. The figure to read is the server's CPU per request, which moves less than req/s.
+
+A variant is ``on`` or ``off`` (logging and metrics), optionally followed by ``:`` and the
+gateway's extra environment as ``NAME=value`` pairs separated by commas, for example::
+
+    python -m bench.ab --rounds 3 on off 'on:ABROUTER_UPSTREAM_CLIENT=aiohttp'
+    python -m bench.ab on 'on:PYTHONPATH=/tmp/patch'   # a sitecustomize.py there patches a function
+
+Every server listens on 127.0.0.1 only and every load run is bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import median
+
+from bench.run import PREDICT, Bench, Plan, Row, ensure_tools
+from router.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """One gateway configuration: logging and metrics on or off, plus extra environment."""
+
+    label: str
+    switches_on: bool
+    env: dict[str, str]
+
+
+def parse_variant(text: str) -> Variant:
+    """`on`, `off`, or either followed by `:NAME=value,...`; ValueError names what is wrong."""
+    switch, _, extra = text.partition(":")
+    if switch not in ("on", "off"):
+        raise ValueError(f"{text!r}: a variant starts with 'on' or 'off'")
+    env: dict[str, str] = {}
+    for pair in filter(None, extra.split(",")):
+        name, equals, value = pair.partition("=")
+        if not equals or not name:
+            raise ValueError(f"{text!r}: {pair!r} is not NAME=value")
+        env[name] = value
+    return Variant(text, switch == "on", env)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("variants", nargs="+", help="on | off, optionally followed by :NAME=value,...")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every variant (default %(default)s)")
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per run (default %(default)s)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first (default %(default)s)")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--smoke", action="store_true", help="one round of one second each, for CI")
+    parser.add_argument("--no-install", action="store_true", help="never install wrk or nginx")
+    parser.add_argument("--models-dir", type=Path, default=None, help="where the example models are trained")
+    args = parser.parse_args(argv)
+    try:
+        args.variants = [parse_variant(text) for text in args.variants]
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.rounds < 1 or args.seconds <= 0:
+        parser.error("--rounds must be at least 1 and --seconds positive")
+    if args.smoke:
+        args.rounds, args.seconds, args.warmup = 1, 1.0, 0.0
+    return args
+
+
+def measure_round(bench: Bench, variant: Variant, number: int) -> Row | None:
+    """One warmed-up run of a freshly started gateway; None when it failed (noted in `bench.failures`)."""
+    client = Settings.model_fields["upstream_client"].default
+    gateway = bench.abrouter(f"{variant.label} #{number}", client=client, switches_on=variant.switches_on)
+    gateway.env.update(variant.env)
+    try:
+        with bench.serving(gateway):
+            return bench.measure(gateway.name, gateway, PREDICT)
+    except RuntimeError as exc:  # it would not start (a bad setting in its environment): the others still run
+        bench.failures.append(f"{gateway.name}: {exc}")
+        print(f"  {gateway.name}: FAILED: {exc}", file=sys.stderr)
+        return None
+
+
+def summary(variants: Sequence[Variant], rows: dict[str, list[Row]]) -> str:
+    """Median req/s, server and Redis CPU per request of each variant, and each one's CPU against the first."""
+    lines = [
+        "| variant | rounds | req/s | server CPU us/req | Redis CPU us/req | CPU vs first |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    baseline: float | None = None
+    for variant in variants:
+        measured = rows[variant.label]
+        if not measured:
+            lines.append(f"| {variant.label} | 0 | - | - | - | - |")
+            continue
+        cpu = median(row.cpu_us_per_request or 0.0 for row in measured)
+        redis = median(row.redis_us_per_request or 0.0 for row in measured)
+        rps = median(row.load["rps"] for row in measured)
+        baseline = cpu if baseline is None else baseline
+        lines.append(
+            f"| {variant.label} | {len(measured)} | {rps:,.0f} | {cpu:.1f} | {redis:.1f} | {cpu / baseline:.3f}x |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    have_wrk, have_nginx, notes = ensure_tools(install=not args.no_install)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    pinned = (os.cpu_count() or 1) > 1
+    plan = Plan(
+        duration_s=args.seconds,
+        warmup_s=args.warmup,
+        rate=1000.0,
+        rate_duration_s=args.seconds,
+        connections=args.connections,
+        server_cpu=0 if pinned else None,
+        load_cpu=1 if pinned else None,
+        all_cpus="0,1" if pinned else None,
+        clients=(Settings.model_fields["upstream_client"].default,),
+        default_client=Settings.model_fields["upstream_client"].default,
+        use_wrk=have_wrk,
+        use_nginx=have_nginx,
+    )
+    if plan.load_cpu is not None:
+        os.sched_setaffinity(0, {plan.load_cpu})  # this orchestrator stays off the server's CPU
+    rows: dict[str, list[Row]] = {variant.label: [] for variant in args.variants}
+    with tempfile.TemporaryDirectory(prefix="abrouter-ab-") as tmp, contextlib.ExitStack() as stack:
+        workdir = Path(tmp) / "run"
+        workdir.mkdir()
+        bench = Bench(plan, workdir, stack, args.models_dir or Path(tmp) / "models")
+        for number in range(1, args.rounds + 1):
+            print(f"round {number}/{args.rounds}", file=sys.stderr)
+            for variant in args.variants:
+                row = measure_round(bench, variant, number)
+                if row is not None and not row.load["errors"]:
+                    rows[variant.label].append(row)
+        print()
+        print(summary(args.variants, rows))
+        for failure in bench.failures:
+            print(f"failed: {failure}", file=sys.stderr)
+        return 1 if bench.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
