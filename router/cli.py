@@ -164,6 +164,7 @@ def serve(args: argparse.Namespace) -> int:
     one_native_thread_each()  # first: before any model library is loaded, here or in a worker
     import uvicorn
 
+    from router.http_protocol import HTTP_PROTOCOL
     from router.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
     from router.store.embedded import RedisServer
 
@@ -197,7 +198,7 @@ def serve(args: argparse.Namespace) -> int:
                 port=settings.port,
                 workers=settings.workers,
                 loop="uvloop",
-                http="httptools",
+                http=HTTP_PROTOCOL,  # uvicorn's httptools protocol, sending each answer in one write
                 log_level=settings.log_level,
                 # uvicorn formats each access line before the logger drops it: costly at 1 000s of calls a second
                 access_log=settings.access_log and settings.log_level in ("info", "debug"),

@@ -111,7 +111,7 @@ def test_the_ab_comparison_runs_each_variant_with_its_own_environment(trained_mo
     assert re.search(r"\| on \| 1 \| [\d,]+ \| [\d.]+ \| [\d.]+ \| 1\.000x \|", table["on"]), table["on"]
     assert re.search(r"\| off \| 1 \| [\d,]+ \| [\d.]+ \| [\d.]+ \| [\d.]+x \|", table["off"]), table["off"]
     assert "| 0 |" in table[bad]  # it never started: no figures
-    assert f"failed: {bad} #1" in done.stderr and "carrier-pigeon" in done.stderr
+    assert f"failed: abrouter {bad} #1" in done.stderr and "carrier-pigeon" in done.stderr
 
 
 def test_an_ab_variant_must_start_with_on_or_off() -> None:
