@@ -1,4 +1,5 @@
-"""What the serving process does around the app: objects alive after start-up are frozen out of the GC."""
+"""What the serving process does around the app: objects alive after start-up are frozen out of the GC,
+and the youngest generation is collected less often."""
 
 from __future__ import annotations
 
@@ -9,17 +10,19 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from router.app import create_app
+from router.app import GC_YOUNG_THRESHOLD, create_app
 from router.settings import Settings
 from tests.e2e.conftest import experiment, store_experiments
 
 
 @pytest.fixture
 def unfrozen() -> Iterator[None]:
-    """The test process shares one heap across tests: give back what a test froze."""
+    """The test process shares one heap across tests: give back what a test froze, and the thresholds."""
+    thresholds = gc.get_threshold()
     gc.unfreeze()
     yield
     gc.unfreeze()
+    gc.set_threshold(*thresholds)
 
 
 @pytest.mark.parametrize(
@@ -30,5 +33,7 @@ def test_objects_alive_after_start_up_are_frozen_only_in_a_serving_process(
 ) -> None:
     store_experiments(redis_url, [experiment("frozen")])
     app = create_app(Settings(redis_url=redis_url, data_dir=tmp_path), freeze_after_startup=freeze)
+    before = gc.get_threshold()
     with TestClient(app):
         assert (gc.get_freeze_count() > 0) is frozen
+        assert gc.get_threshold() == ((GC_YOUNG_THRESHOLD, *before[1:]) if frozen else before)
