@@ -27,8 +27,13 @@ def _pinned(args: list[str], cpu: int | str | None) -> list[str]:
     return ["taskset", "-c", str(cpu), *args] if cpu is not None else args
 
 
-def wrk_closed(url: str, *, connections: int, duration_s: float, cpu: int | str | None) -> dict[str, Any]:
-    """wrk, one thread, `connections` keep-alive connections, random X-User-Id per request (bench/random_user.lua)."""
+def wrk_closed(
+    url: str, *, connections: int, duration_s: float, cpu: int | str | None, units: int | None = None
+) -> dict[str, Any]:
+    """wrk, one thread, `connections` keep-alive connections, random X-User-Id per request (bench/random_user.lua).
+
+    `units`: ids drawn from that many units instead of a new one per request.
+    """
     wrk = shutil.which("wrk")
     assert wrk is not None, "wrk is not installed"
     seconds = max(1, math.ceil(duration_s))  # wrk takes whole seconds
@@ -38,7 +43,7 @@ def wrk_closed(url: str, *, connections: int, duration_s: float, cpu: int | str 
         capture_output=True,
         text=True,
         timeout=seconds + SLACK_S,
-        env={**os.environ, "BENCH_BODY": DEFAULT_BODY.decode()},
+        env={**os.environ, "BENCH_BODY": DEFAULT_BODY.decode(), **({"BENCH_UNITS": str(units)} if units else {})},
         check=False,
     )
     line = next((x for x in done.stdout.splitlines() if x.startswith("BENCH_JSON ")), None)
@@ -68,12 +73,15 @@ def python_load(
     duration_s: float,
     cpu: int | str | None,
     rate: float | None = None,
+    units: int | None = None,
 ) -> dict[str, Any]:
     """bench/loadgen.py in a process of its own (mode `closed` or `rate`)."""
     args = [sys.executable, "-m", "bench.loadgen", url, "--mode", mode]
     args += ["--connections", str(connections), "--duration", str(duration_s)]
     if rate is not None:
         args += ["--rate", str(rate)]
+    if units is not None:
+        args += ["--units", str(units)]
     done = subprocess.run(
         _pinned(args, cpu), capture_output=True, text=True, timeout=duration_s + SLACK_S, cwd=ROOT, check=False
     )

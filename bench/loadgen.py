@@ -46,15 +46,21 @@ class Target:
     port: int
     path: str
     body: bytes = DEFAULT_BODY
+    #: None: every request from a new random unit; N: from one of N units (the same N ids every run)
+    units: int | None = None
 
     @classmethod
-    def from_url(cls, url: str, body: bytes = DEFAULT_BODY) -> Target:
+    def from_url(cls, url: str, body: bytes = DEFAULT_BODY, units: int | None = None) -> Target:
         parts = urlsplit(url)
         if parts.scheme != "http" or parts.hostname is None or parts.port is None:
             raise ValueError(f"need http://127.0.0.1:PORT/path, got {url!r}")
         if not ipaddress.ip_address(parts.hostname).is_loopback:
             raise ValueError(f"benchmarks only target loopback addresses, got {parts.hostname!r}")
-        return cls(parts.hostname, parts.port, parts.path or "/", body)
+        return cls(parts.hostname, parts.port, parts.path or "/", body, units)
+
+    def next_request(self) -> bytes:
+        """The next request: from a new random unit, or one of `units` (as bench/random_user.lua does)."""
+        return self.request(random_user() if self.units is None else f"u{random.randrange(self.units):016x}")
 
     def request(self, user: str) -> bytes:
         """One POST with `user` as X-User-Id, the way the wrk script sends it."""
@@ -217,13 +223,13 @@ class LoadRun:
     def _next(self, conn: Connection, now: float) -> None:
         if self.closed_loop_until is not None:
             if now < self.closed_loop_until:
-                conn.send(self.target.request(random_user()), now)
+                conn.send(self.target.next_request(), now)
                 return
         elif self.backlog:
             due = self.backlog.popleft()
             if self.recording:
                 self.result.lags.append(now - due)
-            conn.send(self.target.request(random_user()), due)
+            conn.send(self.target.next_request(), due)
             return
         self.idle.append(conn)
         if len(self.idle) >= len(self.pool):
@@ -270,7 +276,7 @@ async def closed_loop(target: Target, *, connections: int, duration_s: float, ti
     run.recording = True
     for conn in list(run.idle):
         run.idle.remove(conn)
-        conn.send(target.request(random_user()), time.perf_counter())
+        conn.send(target.next_request(), time.perf_counter())
     while (now := time.perf_counter()) < started + duration_s:
         run.expire(now)
         await run.refill()
@@ -300,7 +306,7 @@ async def constant_rate(
         while run.backlog and run.idle:
             due = run.backlog.popleft()
             run.result.lags.append(now - due)
-            run.idle.pop().send(target.request(random_user()), due)
+            run.idle.pop().send(target.next_request(), due)
         if now >= next_check:
             run.expire(now)
             await run.refill()
@@ -340,8 +346,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=0.0, help="seconds of the same load first, not measured")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds before a request counts as failed")
     parser.add_argument("--body", default=DEFAULT_BODY.decode(), help="JSON body to POST")
+    parser.add_argument("--units", type=int, default=None, help="draw X-User-Id from N units (default: all new)")
     args = parser.parse_args(argv)
-    target = Target.from_url(args.url, args.body.encode())
+    target = Target.from_url(args.url, args.body.encode(), args.units)
 
     async def run() -> Result:
         kwargs = {"connections": args.connections, "timeout_s": args.timeout}

@@ -1,13 +1,15 @@
 -- wrk script of the benchmark: POST one JSON body with a random X-User-Id per request, and print
 -- the summary as one JSON line ("BENCH_JSON {...}") for bench/run.py to read.
 -- The request is built once around a placeholder and only the user id changes per request, so
--- the generator stays cheap next to the servers it measures.
+-- the generator stays cheap next to the servers it measures. With BENCH_UNITS=N in the environment
+-- the ids are drawn from N units (the same N every run: u0000000000000000 ...) instead of all new.
 
-local prefix, suffix
+local prefix, suffix, units
 local placeholder = "@@BENCH_USER@@"
 
 init = function(args)
   math.randomseed(os.time())
+  units = tonumber(os.getenv("BENCH_UNITS") or "")
   wrk.method = "POST"
   wrk.body = os.getenv("BENCH_BODY") or '{"instances": [[12.0, 70.5, 1.0, 0.1]]}'
   wrk.headers["Content-Type"] = "application/json"
@@ -19,6 +21,9 @@ init = function(args)
 end
 
 request = function()
+  if units then
+    return prefix .. string.format("u%016x", math.random(0, units - 1)) .. suffix
+  end
   return prefix .. string.format("u%08x%08x", math.random(0, 0x7fffffff), math.random(0, 0x7fffffff)) .. suffix
 end
 

@@ -43,6 +43,8 @@ PREDICT_LOCAL: Final = "/v1/experiments/bench-local/predict"
 CLIENT_MODULES: Final = {"httpx": "httpx", "httpx2": "httpx2", "aiohttp": "aiohttp", "httptools": "httptools"}
 LOCAL_PER_REQUEST: Final = "abrouter local model (per request, on)"
 LOCAL_BATCHED: Final = "abrouter local model (micro-batched, on)"
+#: Units of the "returning units" row: each calls about a dozen times in a run, most of them first in the warm-up.
+RETURNING_UNITS: Final = 10_000
 
 T = TypeVar("T")
 
@@ -191,9 +193,18 @@ class Bench:
         return server
 
     def measure(
-        self, name: str, server: servers.Server, path: str, *, rate: float | None = None, pinned: bool = True
+        self,
+        name: str,
+        server: servers.Server,
+        path: str,
+        *,
+        rate: float | None = None,
+        pinned: bool = True,
+        units: int | None = None,
     ) -> Row | None:
         """Warm up, then one measured run; CPU is read around the measured run only.
+
+        `units`: the load's X-User-Id drawn from that many units instead of a new one per request.
 
         Not `pinned`: the load generator runs on any CPU, like the server under test.
         """
@@ -202,9 +213,9 @@ class Bench:
         load_cpu = plan.load_cpu if pinned else plan.all_cpus
         try:
             if plan.warmup_s > 0:
-                self._load(url, plan.warmup_s, rate, load_cpu)
+                self._load(url, plan.warmup_s, rate, load_cpu, units)
             before, redis_before = server.cpu_seconds(), self._redis_cpu()
-            result = self._load(url, plan.duration_s if rate is None else plan.rate_duration_s, rate, load_cpu)
+            result = self._load(url, plan.duration_s if rate is None else plan.rate_duration_s, rate, load_cpu, units)
             server_cpu, redis_cpu = server.cpu_seconds() - before, self._redis_cpu() - redis_before
         except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
             self.failures.append(f"{name}: {exc}")
@@ -220,11 +231,13 @@ class Bench:
         print(f"  {_line(row)}", file=sys.stderr)
         return row
 
-    def _load(self, url: str, duration_s: float, rate: float | None, cpu: int | str | None) -> dict[str, Any]:
+    def _load(
+        self, url: str, duration_s: float, rate: float | None, cpu: int | str | None, units: int | None = None
+    ) -> dict[str, Any]:
         """Closed loop (wrk, else the Python generator) without a rate; the constant-rate generator with one."""
         plan = self.plan
         if rate is None and plan.use_wrk:
-            return load.wrk_closed(url, connections=plan.connections, duration_s=duration_s, cpu=cpu)
+            return load.wrk_closed(url, connections=plan.connections, duration_s=duration_s, cpu=cpu, units=units)
         return load.python_load(
             url,
             mode="closed" if rate is None else "rate",
@@ -232,6 +245,7 @@ class Bench:
             connections=plan.connections,
             duration_s=duration_s,
             cpu=cpu,
+            units=units,
         )
 
     def _redis_cpu(self) -> float:
@@ -316,6 +330,9 @@ class Bench:
                     # should see the same machine (an idle gateway beside the measured one costs nothing).
                     with self.serving(off):
                         self.measure(off.name, off, PREDICT)
+                    # Units that come back: after the warm-up nearly every call is a returning unit's
+                    # (no exposure to write), the usual case in production; the target keeps the worst.
+                    self.measure(returning_row(default), gateway, PREDICT, units=RETURNING_UNITS)
                     # The same gateway with Redis (and its AOF rewrites) on the other CPU, as when
                     # Redis runs on a machine of its own: what logging costs the gateway itself.
                     with self.redis_on_load_cpu():
@@ -375,6 +392,10 @@ def moved(pids: Sequence[int], cpu: int | None, *, back: int | None) -> Iterator
         servers.pin(pids, back)
 
 
+def returning_row(client: str) -> str:
+    return f"abrouter proxy ({client}, on, {RETURNING_UNITS:,} returning units)"
+
+
 def redis_elsewhere_row(client: str) -> str:
     return f"abrouter proxy ({client}, on, Redis on the load CPU)"
 
@@ -429,6 +450,11 @@ def ratio_figures(rows: Sequence[Row], plan: Plan, switches_wired: bool) -> list
         cost = 1 - main.load["rps"] / off.load["rps"]
         wired = "" if switches_wired else " [switches not wired yet: on and off are the same gateway]"
         figures.append(Ratio("logging + metrics cost", cost * 100, "%", 1, f" of throughput (target <= 10%){wired}"))
+    returning = find(rows, "throughput", returning_row(plan.default_client))
+    if returning and off:
+        cost = 1 - returning.load["rps"] / off.load["rps"]
+        label = f"logging + metrics cost, {RETURNING_UNITS:,} returning units"
+        figures.append(Ratio(label, cost * 100, "%", 1, " of throughput (the target's measure: every call a new unit)"))
     elsewhere = find(rows, "throughput", redis_elsewhere_row(plan.default_client))
     if elsewhere and off:
         cost = 1 - elsewhere.load["rps"] / off.load["rps"]

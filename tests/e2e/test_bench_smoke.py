@@ -51,6 +51,7 @@ def test_the_smoke_benchmark_measures_abrouter_against_its_baselines_without_err
         ("throughput", "tutorial Starlette+httpx"),
         ("throughput", f"abrouter proxy ({default_client}, on)"),
         ("throughput", f"abrouter proxy ({default_client}, off)"),
+        ("throughput", f"abrouter proxy ({default_client}, on, 10,000 returning units)"),
         ("throughput", "abrouter local model (per request, on)"),
         ("throughput", "abrouter local model (micro-batched, on)"),
         ("throughput", f"abrouter proxy ({default_client}, on, 1 worker, both CPUs)"),
@@ -63,6 +64,7 @@ def test_the_smoke_benchmark_measures_abrouter_against_its_baselines_without_err
     assert all(row["load"]["requests"] > 0 and row["load"]["errors"] == 0 for row in report["rows"])
     assert all(row["cpu_us_per_request"] > 0 for row in report["rows"] if row["name"].startswith("abrouter"))
     assert any("p99 added over direct" in line for line in report["ratios"])
+    assert any("cost, 10,000 returning units" in line for line in report["ratios"])
 
 
 def test_a_repeated_benchmark_keeps_every_run_and_prints_the_median_and_range_of_each_figure(
