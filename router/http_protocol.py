@@ -4,7 +4,7 @@ uvicorn writes an answer's head and its body with two `transport.write()` calls,
 a system call for each. On loopback and on virtual machines the dear part of a write is waking
 the reader: the kernel delivers the bytes and wakes the peer inside the sender's system call.
 Under the benchmark's load that was 16% of the gateway's CPU, and sending each answer with one
-write took 7.9 us off every prediction call (docs/performance.md, item 15).
+write took 7 to 10 us off every prediction call (docs/performance.md, item 15).
 
 `CoalescingTransport` holds the writes of a loop round and hands them to the real transport
 together once the round's callbacks have run (`loop.call_soon`), or at once when they pass
@@ -37,10 +37,11 @@ class CoalescingTransport(asyncio.Transport):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not data:
             return
+        chunk = bytes(data)  # a memoryview's len() counts items, not bytes
         if not self._held:
             self._loop.call_soon(self.flush)
-        self._held.append(bytes(data))
-        self._held_bytes += len(data)
+        self._held.append(chunk)
+        self._held_bytes += len(chunk)
         if self._held_bytes >= FLUSH_BYTES:
             self.flush()
 

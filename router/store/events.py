@@ -217,9 +217,10 @@ class SpillFile:
 class SeenUnits:
     """Units this process exposed recently, per experiment: at most `size` of them, the oldest forgotten first.
 
-    Two generations of plain sets rather than an LRU `OrderedDict`: an interleaved A/B under the
-    benchmark's load measured the ordered dict of 100 000 units at 3.7 us of CPU per new unit
-    (its linked list touches cold memory on every insert and eviction). A unit met again in the
+    Two generations of plain sets rather than an LRU `OrderedDict` of (experiment, unit) tuples,
+    whose insert and eviction touched cold memory for every new unit: under the benchmark's load
+    (every call a new unit) the gateway took 83.2 us of CPU per call with these sets against 90.5
+    with the ordered dict (docs/performance.md, item 16). A unit met again in the
     old generation moves to the young one; when the young one holds half of `size`, it becomes the
     old one and the previous old one is dropped whole. So a unit is remembered for between half
     of `size` and `size` newer units, and a forgotten unit only costs an event Redis ignores.
