@@ -79,8 +79,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def measure_round(bench: Bench, variant: Variant, number: int) -> Row | None:
     """One warmed-up run of a freshly started gateway; None when it failed (noted in `bench.failures`)."""
     client = Settings.model_fields["upstream_client"].default
-    # "abrouter" in the name: Bench.measure reads Redis's CPU for gateways only
-    gateway = bench.abrouter(f"abrouter {variant.label} #{number}", client=client, switches_on=variant.switches_on)
+    # "abrouter" in the name: Bench.measure reads Redis's CPU for gateways only. The name also names
+    # the gateway's data directory and log, so no path separators from the variant's environment.
+    name = f"abrouter {variant.label.replace('/', '_')} #{number}"
+    gateway = bench.abrouter(name, client=client, switches_on=variant.switches_on)
     gateway.env.update(variant.env)
     try:
         with bench.serving(gateway):
@@ -107,9 +109,8 @@ def summary(variants: Sequence[Variant], rows: dict[str, list[Row]]) -> str:
         redis = median(row.redis_us_per_request or 0.0 for row in measured)
         rps = median(row.load["rps"] for row in measured)
         baseline = cpu if baseline is None else baseline
-        lines.append(
-            f"| {variant.label} | {len(measured)} | {rps:,.0f} | {cpu:.1f} | {redis:.1f} | {cpu / baseline:.3f}x |"
-        )
+        versus = f"{cpu / baseline:.3f}x" if baseline else "-"
+        lines.append(f"| {variant.label} | {len(measured)} | {rps:,.0f} | {cpu:.1f} | {redis:.1f} | {versus} |")
     return "\n".join(lines)
 
 

@@ -27,6 +27,17 @@ def _pinned(args: list[str], cpu: int | str | None) -> list[str]:
     return ["taskset", "-c", str(cpu), *args] if cpu is not None else args
 
 
+def _wrk_environment(units: int | None) -> dict[str, str]:
+    """The wrk script's environment: BENCH_UNITS only when asked for, never inherited from the shell."""
+    env = {key: value for key, value in os.environ.items() if key != "BENCH_UNITS"}
+    env["BENCH_BODY"] = DEFAULT_BODY.decode()
+    if units is not None:
+        if units < 1:
+            raise ValueError(f"units must be at least 1, got {units}")
+        env["BENCH_UNITS"] = str(units)
+    return env
+
+
 def wrk_closed(
     url: str, *, connections: int, duration_s: float, cpu: int | str | None, units: int | None = None
 ) -> dict[str, Any]:
@@ -43,7 +54,7 @@ def wrk_closed(
         capture_output=True,
         text=True,
         timeout=seconds + SLACK_S,
-        env={**os.environ, "BENCH_BODY": DEFAULT_BODY.decode(), **({"BENCH_UNITS": str(units)} if units else {})},
+        env=_wrk_environment(units),
         check=False,
     )
     line = next((x for x in done.stdout.splitlines() if x.startswith("BENCH_JSON ")), None)

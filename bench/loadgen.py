@@ -348,6 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--body", default=DEFAULT_BODY.decode(), help="JSON body to POST")
     parser.add_argument("--units", type=int, default=None, help="draw X-User-Id from N units (default: all new)")
     args = parser.parse_args(argv)
+    if args.units is not None and args.units < 1:
+        parser.error("--units must be at least 1")
     target = Target.from_url(args.url, args.body.encode(), args.units)
 
     async def run() -> Result:

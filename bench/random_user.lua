@@ -10,6 +10,7 @@ local placeholder = "@@BENCH_USER@@"
 init = function(args)
   math.randomseed(os.time())
   units = tonumber(os.getenv("BENCH_UNITS") or "")
+  if units and units < 1 then error("BENCH_UNITS must be at least 1") end
   wrk.method = "POST"
   wrk.body = os.getenv("BENCH_BODY") or '{"instances": [[12.0, 70.5, 1.0, 0.1]]}'
   wrk.headers["Content-Type"] = "application/json"

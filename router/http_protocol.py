@@ -9,8 +9,9 @@ write took 7 to 10 us off every prediction call (docs/performance.md, item 15).
 `CoalescingTransport` holds the writes of a loop round and hands them to the real transport
 together once the round's callbacks have run (`loop.call_soon`), or at once when they pass
 `FLUSH_BYTES`, so a large streamed answer still meets the transport's flow control as before.
-It flushes before it closes, and drops what is held when the connection is already gone, as
-the real transport would.
+It flushes before it closes and when the client half-closes (uvloop closes the transport on
+that EOF), and drops what is held when the connection is already gone, as the real transport
+would.
 """
 
 from __future__ import annotations
@@ -56,8 +57,10 @@ class CoalescingTransport(asyncio.Transport):
             self._transport.write(held[0] if len(held) == 1 else b"".join(held))
 
     def close(self) -> None:
-        self.flush()
-        self._transport.close()
+        try:
+            self.flush()
+        finally:  # closed even if the write failed: a connection must never outlive close()
+            self._transport.close()
 
     def abort(self) -> None:
         self._held, self._held_bytes = [], 0
@@ -107,7 +110,13 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         # Flow control (pausing reads) keeps the real transport; the request cycles write through this one.
-        self.transport = CoalescingTransport(transport, self.loop)
+        self.transport: CoalescingTransport = CoalescingTransport(transport, self.loop)
+
+    def eof_received(self) -> None:
+        # The client half-closed: uvloop closes the transport when this returns, before the end of
+        # the round, so an answer written in this round must reach the socket first.
+        self.transport.flush()
+        super().eof_received()
 
 
 #: The import string `uvicorn.run(http=...)` takes, so every worker process loads the class itself.

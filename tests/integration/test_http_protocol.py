@@ -9,14 +9,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
 import uvloop
+from starlette.types import Receive, Scope, Send
 
-from router.http_protocol import FLUSH_BYTES, CoalescingTransport
+from router.http_protocol import FLUSH_BYTES, CoalescingHttpToolsProtocol, CoalescingTransport
+from router.store.embedded import free_port
 from tests.e2e.conftest import write_config
 from tests.e2e.test_serve import canary
 from tests.fixtures.servers import ServerProcess, gateway
@@ -172,3 +177,50 @@ def test_the_gateway_answers_pipelined_requests_in_order_over_one_connection(
     first, second = answers.split(b"HTTP/1.1 200 OK")[1:]
     assert b"x-variant: current" in first and b'"predictions"' in first
     assert b"x-variant" not in second and b"ok" in second
+
+
+async def answer_then_block(scope: Scope, receive: Receive, send: Send) -> None:
+    """Answers, then keeps the event loop busy in the same step: the answer is still held meanwhile."""
+    assert scope["type"] == "http"
+    await receive()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+    time.sleep(0.4)  # noqa: ASYNC251 - blocking on purpose: the FIN arrives before the round ends
+
+
+@pytest.fixture
+def blocking_server_port() -> Iterator[int]:
+    """uvicorn on uvloop with the coalescing protocol, in a thread, serving `answer_then_block`."""
+    port = free_port()
+    config = uvicorn.Config(
+        answer_then_block,
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http=CoalescingHttpToolsProtocol,
+        lifespan="off",
+        log_level="warning",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="coalescing-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "the server did not start within 10 s"
+        time.sleep(0.02)
+    yield port
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_an_answer_held_when_the_client_half_closes_is_still_sent(blocking_server_port: int) -> None:
+    # The client sends its request and shuts its side while the answer is held: uvloop closes the
+    # transport on that EOF, so the protocol must flush first (as plain uvicorn would have sent it).
+    with socket.create_connection(("127.0.0.1", blocking_server_port), timeout=5) as client:
+        client.sendall(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
+        time.sleep(0.15)
+        client.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b"\r\n\r\nok"), answer
