@@ -27,6 +27,7 @@ from starlette.testclient import TestClient
 from router.settings import UpstreamClientKind
 from router.store.embedded import free_port
 from tests.e2e.conftest import GatewayFactory, echo_upstream, experiment
+from tests.fixtures.servers import uvicorn_in_thread
 
 KINDS: Final = [pytest.param(kind, id=kind) for kind in get_args(UpstreamClientKind)]
 GZIPPED_TEXT: Final = b'{"predictions": [1]}' * 50
@@ -57,18 +58,9 @@ def loopback_app() -> Starlette:
 def upstream_url() -> Iterator[str]:
     """A real uvicorn on a free loopback port, in a thread, for the whole module."""
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(loopback_app(), host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, name="loopback-upstream", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "the loopback upstream did not start within 10 s"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    config = uvicorn.Config(loopback_app(), host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    with uvicorn_in_thread(config, name="loopback-upstream"):
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")

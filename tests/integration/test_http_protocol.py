@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from router.http_protocol import FLUSH_BYTES, CoalescingHttpToolsProtocol, Coale
 from router.store.embedded import free_port
 from tests.e2e.conftest import write_config
 from tests.e2e.test_serve import canary
-from tests.fixtures.servers import ServerProcess, gateway
+from tests.fixtures.servers import ServerProcess, gateway, uvicorn_in_thread
 
 
 class CountingTransport(asyncio.Transport):
@@ -201,16 +200,8 @@ def blocking_server_port() -> Iterator[int]:
         lifespan="off",
         log_level="warning",
     )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="coalescing-server", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "the server did not start within 10 s"
-        time.sleep(0.02)
-    yield port
-    server.should_exit = True
-    thread.join(10)
+    with uvicorn_in_thread(config, name="coalescing-server"):
+        yield port
 
 
 def test_an_answer_held_when_the_client_half_closes_is_still_sent(blocking_server_port: int) -> None:
