@@ -78,11 +78,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def measure_round(bench: Bench, variant: Variant, number: int) -> Row | None:
     """One warmed-up run of a freshly started gateway; None when it failed (noted in `bench.failures`)."""
-    client = Settings.model_fields["upstream_client"].default
     # "abrouter" in the name: Bench.measure reads Redis's CPU for gateways only. The name also names
     # the gateway's data directory and log, so no path separators from the variant's environment.
     name = f"abrouter {variant.label.replace('/', '_')} #{number}"
-    gateway = bench.abrouter(name, client=client, switches_on=variant.switches_on)
+    gateway = bench.abrouter(name, client=bench.plan.default_client, switches_on=variant.switches_on)
     gateway.env.update(variant.env)
     try:
         with bench.serving(gateway):
@@ -120,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     pinned = (os.cpu_count() or 1) > 1
+    default_client = Settings.model_fields["upstream_client"].default
     plan = Plan(
         duration_s=args.seconds,
         warmup_s=args.warmup,
@@ -129,8 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         server_cpu=0 if pinned else None,
         load_cpu=1 if pinned else None,
         all_cpus="0,1" if pinned else None,
-        clients=(Settings.model_fields["upstream_client"].default,),
-        default_client=Settings.model_fields["upstream_client"].default,
+        clients=(default_client,),
+        default_client=default_client,
         use_wrk=have_wrk,
         use_nginx=have_nginx,
     )

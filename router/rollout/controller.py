@@ -36,7 +36,7 @@ from typing import Any, Final
 import orjson
 
 from router.config.edits import ConfigPatch, Promotion
-from router.config.schema import Experiment, Rollout
+from router.config.schema import Experiment, Rollout, Status
 from router.errors import NoRollout, RolloutConflict, StoreUnavailable, UnknownExperiment, VersionConflict
 from router.live_config import LiveConfig
 from router.metrics import Metrics, RolloutDecision, StoreOperation
@@ -266,7 +266,7 @@ class RolloutController:
         previous = await self._rollouts.read(name)
         state = current(previous, rollout)
         if state is None:
-            if experiment.status != "running":
+            if experiment.status is not Status.RUNNING:
                 return  # a paused or concluded experiment does not start a rollout
             started = start_state(rollout, now, previous=previous)
             reason = "rollout started" if previous is None else "rollout started again: its canary or steps changed"
@@ -285,7 +285,7 @@ class RolloutController:
             if state is None:
                 return  # an operator acted meanwhile: look again next tick
         self._metrics.set_rollout_step(name, percent_of(rollout, state))
-        if experiment.status != "running":
+        if experiment.status is not Status.RUNNING:
             return  # an operator paused or concluded the experiment: no weights written, no decisions
         if not state.weights_applied or (state.phase in MOVING and not state.baseline):
             await self._settle(stored, state)
@@ -450,7 +450,7 @@ async def operate(
     rollout = experiment.rollout
     if rollout is None:
         raise NoRollout(f"experiment {experiment.name!r} has no rollout in its config (see docs/rollout.md)")
-    if action in (RolloutAction.ADVANCE, RolloutAction.RESUME) and experiment.status != "running":
+    if action in (RolloutAction.ADVANCE, RolloutAction.RESUME) and experiment.status is not Status.RUNNING:
         raise RolloutConflict(
             f"cannot {action.value} the rollout of {experiment.name!r}: the experiment is {experiment.status}; "
             "set its status to running first"

@@ -125,9 +125,12 @@ def parts(redis_client: redis.asyncio.Redis, clock: Clock) -> Iterator[dict[str,
     yield {"configs": configs, "stats": stats, "rollouts": rollouts, "metrics": metrics, "traffic": Traffic(stats)}
 
 
-def controller(parts: dict[str, Any], clock: Clock, owner: str = "test") -> RolloutController:
+def controller(
+    parts: dict[str, Any], clock: Clock, owner: str = "test", live: LiveConfig | None = None
+) -> RolloutController:
+    """A controller on the test's store; without `live` only drive() works (tick() reads the live config)."""
     return RolloutController(
-        live=None,  # type: ignore[arg-type]  # drive() reads the store; only tick() needs the live config
+        live=live,  # type: ignore[arg-type]
         configs=parts["configs"],
         rollouts=parts["rollouts"],
         stats=parts["stats"],
@@ -436,18 +439,7 @@ async def test_only_the_lease_holder_ticks_a_rollout_and_an_archived_experiment_
         other = experiment().model_dump(mode="json") | {"name": "other"}
         await parts["configs"].put(Experiment.model_validate(other), actor="alice", expected_version=None)
         await live.refresh(strict=True)
-        drivers = [
-            RolloutController(
-                live=live,
-                configs=parts["configs"],
-                rollouts=parts["rollouts"],
-                stats=parts["stats"],
-                metrics=parts["metrics"],
-                clock=clock,
-                owner=owner,
-            )
-            for owner in ("first", "second")
-        ]
+        drivers = [controller(parts, clock, owner, live=live) for owner in ("first", "second")]
         for driver in drivers:
             await driver.tick()
         lease = await parts["rollouts"].lease(NAME)
