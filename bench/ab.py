@@ -7,10 +7,15 @@ each on a freshly started gateway, and reports the median of the rounds: drift h
 alike. The figure to read is the server's CPU per request, which moves less than req/s.
 
 A variant is ``on`` or ``off`` (logging and metrics), optionally followed by ``:`` and the
-gateway's extra environment as ``NAME=value`` pairs separated by commas, for example::
+gateway's extra environment as ``NAME=value`` pairs separated by commas; the pair ``workers=N``
+sets the gateway's worker processes instead. For example::
 
     python -m bench.ab --rounds 3 on off 'on:ABROUTER_UPSTREAM_CLIENT=aiohttp'
     python -m bench.ab on 'on:PYTHONPATH=/tmp/patch'   # a sitecustomize.py there patches a function
+    python -m bench.ab --route local --both-cpus on on:workers=2   # bench.run's scaling rows
+
+``--route local`` loads the micro-batched local model instead of the proxy, and ``--both-cpus``
+lets the gateway and the load generator use both CPUs, as bench.run's scaling rows do.
 
 Every server listens on 127.0.0.1 only and every load run is bounded in time.
 """
@@ -26,9 +31,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
+from typing import Final
 
-from bench.run import PREDICT, Bench, Plan, Row, ensure_tools
+from bench.run import PREDICT, PREDICT_LOCAL, Bench, Plan, Row, ensure_tools
 from router.settings import Settings
+
+#: The path each `--route` loads.
+ROUTES: Final = {"proxy": PREDICT, "local": PREDICT_LOCAL}
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,20 +47,27 @@ class Variant:
     label: str
     switches_on: bool
     env: dict[str, str]
+    workers: int = 1
 
 
 def parse_variant(text: str) -> Variant:
-    """`on`, `off`, or either followed by `:NAME=value,...`; ValueError names what is wrong."""
+    """`on`, `off`, or either followed by `:NAME=value,...` (`workers=N` among them); ValueError names what is wrong."""
     switch, _, extra = text.partition(":")
     if switch not in ("on", "off"):
         raise ValueError(f"{text!r}: a variant starts with 'on' or 'off'")
     env: dict[str, str] = {}
+    workers = 1
     for pair in filter(None, extra.split(",")):
         name, equals, value = pair.partition("=")
         if not equals or not name:
             raise ValueError(f"{text!r}: {pair!r} is not NAME=value")
-        env[name] = value
-    return Variant(text, switch == "on", env)
+        if name == "workers":
+            if not value.isdigit() or int(value) < 1:
+                raise ValueError(f"{text!r}: workers must be a whole number of at least 1, not {value!r}")
+            workers = int(value)
+        else:
+            env[name] = value
+    return Variant(text, switch == "on", env, workers)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -61,6 +77,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per run (default %(default)s)")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first (default %(default)s)")
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--route", choices=ROUTES, default="proxy", help="the proxied route or the micro-batched local model"
+    )
+    parser.add_argument("--both-cpus", action="store_true", help="gateway and load on both CPUs, not one each")
     parser.add_argument("--smoke", action="store_true", help="one round of one second each, for CI")
     parser.add_argument("--no-install", action="store_true", help="never install wrk or nginx")
     parser.add_argument("--models-dir", type=Path, default=None, help="where the example models are trained")
@@ -76,16 +96,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def measure_round(bench: Bench, variant: Variant, number: int) -> Row | None:
+def measure_round(
+    bench: Bench, variant: Variant, number: int, *, route: str = "proxy", both_cpus: bool = False
+) -> Row | None:
     """One warmed-up run of a freshly started gateway; None when it failed (noted in `bench.failures`)."""
     # "abrouter" in the name: Bench.measure reads Redis's CPU for gateways only. The name also names
     # the gateway's data directory and log, so no path separators from the variant's environment.
     name = f"abrouter {variant.label.replace('/', '_')} #{number}"
-    gateway = bench.abrouter(name, client=bench.plan.default_client, switches_on=variant.switches_on)
+    gateway = bench.abrouter(
+        name, client=bench.plan.default_client, switches_on=variant.switches_on, workers=variant.workers
+    )
     gateway.env.update(variant.env)
     try:
-        with bench.serving(gateway):
-            return bench.measure(gateway.name, gateway, PREDICT)
+        with bench.serving(gateway, pinned=not both_cpus):
+            return bench.measure(gateway.name, gateway, ROUTES[route], pinned=not both_cpus)
     except RuntimeError as exc:  # it would not start (a bad setting in its environment): the others still run
         bench.failures.append(f"{gateway.name}: {exc}")
         print(f"  {gateway.name}: FAILED: {exc}", file=sys.stderr)
@@ -144,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for number in range(1, args.rounds + 1):
             print(f"round {number}/{args.rounds}", file=sys.stderr)
             for variant in args.variants:
-                row = measure_round(bench, variant, number)
+                row = measure_round(bench, variant, number, route=args.route, both_cpus=args.both_cpus)
                 if row is not None and not row.load["errors"]:
                     rows[variant.label].append(row)
         print()

@@ -137,7 +137,11 @@ async def open_services(
     keys = Keys(settings.redis_prefix)
     store = ConfigStore(client, keys=keys)
     batching = Batching(max_rows=settings.local_max_batch_rows, max_queue=settings.local_max_queue)
-    models = ModelCache(settings.models_dir, batching=batching if settings.local_batching else None)
+    models = ModelCache(
+        settings.models_dir,
+        batching=batching if settings.local_batching else None,
+        inline_max_s=settings.local_inline_max_ms / 1000,
+    )
     live = LiveConfig(store, client=upstream, models=models, metrics=metrics)
     stats = StatsStore(
         client,

@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     local_max_queue: int = Field(
         default=1024, gt=0, description="calls waiting for one local model; past it they get 503 model_overloaded"
     )
+    local_inline_max_ms: float = Field(
+        default=2.0,
+        ge=0,
+        description="a local model whose largest batch takes at most this long (probed at load) runs on the "
+        "event loop instead of a worker thread; 0: always a worker thread",
+    )
     shadow_max_in_flight: int = Field(
         default=64, ge=0, description="mirrored (shadow) calls in flight per process; past it they are dropped"
     )

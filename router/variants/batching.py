@@ -1,13 +1,17 @@
 """Adaptive micro-batching: concurrent calls of one local model become one model call.
 
-A scikit-learn `predict_proba` costs about the same for 1 row as for 200 (input validation and
-the hand-off to a worker thread dominate), so under concurrency the gateway saves most of the
-model's CPU by running calls together. The scheme is BentoML's adaptive batching without a timer:
-a call that finds the model idle runs at once, alone (no added latency at low load); calls that
-arrive while it is busy wait, and when it frees up everything waiting runs as one batch, up to
-`max_rows` rows. So the batch size follows the load, and no call waits longer than the batch
-ahead of it. The queue is bounded: past `max_queue` waiting calls a new one is refused at once
-(`ModelOverloaded`, 503) instead of queueing without bound.
+A scikit-learn `predict_proba` costs about the same for 1 row as for 200 (input validation
+dominates), so under concurrency the gateway saves most of the model's CPU by running calls
+together. The scheme is BentoML's adaptive batching without a timer: a call that finds the model
+idle runs at once, alone (no added latency at low load); calls that arrive while it is busy wait,
+and when it frees up everything waiting runs as one batch, up to `max_rows` rows. So the batch
+size follows the load, and no call waits longer than the batch ahead of it. The queue is bounded:
+past `max_queue` waiting calls a new one is refused at once (`ModelOverloaded`, 503) instead of
+queueing without bound.
+
+Where a batch runs is the model's choice (`LocalModel`, router/variants/local.py). In a worker
+thread, the calls that arrive while it runs wait; on the event loop, nothing else runs meanwhile,
+and the calls that arrived are read in the next loop round and batched together then.
 
 When a batch of several calls fails, each call is retried alone: one call whose rows make the
 model raise must not fail the unrelated calls it happened to be batched with, and the retry
@@ -21,11 +25,10 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import anyio.to_thread
 import numpy as np
 import numpy.typing as npt
 
@@ -53,9 +56,9 @@ class _Waiting:
 
 
 class MicroBatcher:
-    """Runs `run` (a blocking model call) in a worker thread, on the rows of as many waiting calls as fit a batch."""
+    """Awaits `run` (one model call) on the rows of as many waiting calls as fit a batch."""
 
-    def __init__(self, run: Callable[[Rows], Outputs], *, batching: Batching, name: str) -> None:
+    def __init__(self, run: Callable[[Rows], Awaitable[Outputs]], *, batching: Batching, name: str) -> None:
         self._run = run
         self._batching = batching
         self._name = name
@@ -123,9 +126,7 @@ class MicroBatcher:
                 await self._serve_alone(batch[0])
                 return
             try:
-                predictions, probabilities = await anyio.to_thread.run_sync(
-                    self._run, np.concatenate([call.rows for call in batch])
-                )
+                predictions, probabilities = await self._run(np.concatenate([call.rows for call in batch]))
             except PredictionError:
                 for call in batch:  # find the call the model fails on, and answer the others
                     await self._serve_alone(call)
@@ -146,7 +147,7 @@ class MicroBatcher:
         if call.answer.done():
             return
         try:
-            outputs = await anyio.to_thread.run_sync(self._run, call.rows)
+            outputs = await self._run(call.rows)
         except PredictionError as exc:
             if not call.answer.done():
                 call.answer.set_exception(exc)

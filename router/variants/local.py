@@ -1,16 +1,23 @@
 """The in-process variant: a scikit-learn estimator loaded once from a joblib file.
 
 Loading unpickles the file, which can run code: model paths come from operators' configs, never
-from callers. Prediction runs in a worker thread (`anyio.to_thread`) so a slow model never stalls
-the event loop that serves every other request, and concurrent calls are micro-batched
-(router/variants/batching.py).
+from callers. Concurrent calls are micro-batched (router/variants/batching.py).
+
+Where a model call runs is measured once, at load. A model whose largest batch takes at most
+`inline_max_s` (ABROUTER_LOCAL_INLINE_MAX_MS) runs on the event loop: most of a small model's call
+is Python holding the GIL, so a worker thread bought no parallelism and its hand-offs cost more
+than the model (docs/performance.md, item 19). A slower model, a call with more rows than the
+probe, and a model that cannot be probed run in a worker thread (`anyio.to_thread`), so they never
+stall the event loop that serves every other request for long.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import statistics
 import sys
+import time
 from collections.abc import Callable
 from numbers import Integral
 from pathlib import Path
@@ -32,6 +39,10 @@ from router.variants.batching import Batching, MicroBatcher, Outputs, Rows
 log = logging.getLogger("abrouter.variants")
 
 DEFAULT_BATCHING: Final = Batching()
+#: A model whose largest batch takes at most this long runs on the event loop (ABROUTER_LOCAL_INLINE_MAX_MS).
+DEFAULT_INLINE_MAX_S: Final = 0.002
+#: Timed probe calls at load; the median decides. One untimed call comes first.
+PROBE_CALLS: Final = 3
 
 #: rows per call; bounds the memory and the time one caller can take from a worker thread
 MAX_INSTANCES: Final = 10_000
@@ -112,13 +123,21 @@ def _describe(value: Any) -> str:
 
 
 class LocalModel:
-    """A fitted estimator from a joblib file, loaded once at start-up and run off the event loop.
+    """A fitted estimator from a joblib file, loaded once at start-up.
 
     With `batching` (the default), concurrent calls are gathered into one model call
-    (router/variants/batching.py); with None, every call runs on its own in a worker thread.
+    (router/variants/batching.py); with None, every call runs on its own. Calls of up to
+    `inline_rows` rows run on the event loop, larger ones in a worker thread (see the module's docstring).
     """
 
-    def __init__(self, estimator: Any, path: Path, *, batching: Batching | None = DEFAULT_BATCHING) -> None:
+    def __init__(
+        self,
+        estimator: Any,
+        path: Path,
+        *,
+        batching: Batching | None = DEFAULT_BATCHING,
+        inline_max_s: float = DEFAULT_INLINE_MAX_S,
+    ) -> None:
         self.path = path
         n_features = getattr(estimator, "n_features_in_", None)
         self.n_features: int | None = int(n_features) if isinstance(n_features, Integral) else None
@@ -130,10 +149,18 @@ class LocalModel:
         self._one_pass = _one_pass(self._final) if self.has_proba else None
         if self._one_pass is not None and not self._one_pass_agrees():
             self._one_pass = None
-        self._batcher = MicroBatcher(self._run, batching=batching, name=str(path)) if batching is not None else None
+        probe_rows = (batching or DEFAULT_BATCHING).max_rows  # the largest batch; unbatched, as large a call
+        self.inline_rows = probe_rows if self._probe_within(probe_rows, inline_max_s) else 0
+        self._batcher = MicroBatcher(self._call, batching=batching, name=str(path)) if batching is not None else None
 
     @classmethod
-    def load(cls, path: str | Path, *, batching: Batching | None = DEFAULT_BATCHING) -> LocalModel:
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        batching: Batching | None = DEFAULT_BATCHING,
+        inline_max_s: float = DEFAULT_INLINE_MAX_S,
+    ) -> LocalModel:
         """Load a model file; every failure is a ModelLoadError so a bad file stops start-up, not a request."""
         path = Path(path)
         try:
@@ -154,10 +181,13 @@ class LocalModel:
                 raise ModelLoadError(
                     f"model file {path} holds an unfitted {type(estimator).__qualname__}; fit it before dumping"
                 ) from None
-        return cls(estimator, path, batching=batching)
+        return cls(estimator, path, batching=batching, inline_max_s=inline_max_s)
 
     def __repr__(self) -> str:
-        return f"LocalModel({str(self.path)!r}, n_features={self.n_features}, has_proba={self.has_proba})"
+        return (
+            f"LocalModel({str(self.path)!r}, n_features={self.n_features}, has_proba={self.has_proba}, "
+            f"inline_rows={self.inline_rows})"
+        )
 
     async def predict(self, payload: Any) -> dict[str, Any]:
         """Answer one prediction call with plain JSON types, alone or as part of a batch."""
@@ -165,7 +195,7 @@ class LocalModel:
         if self._batcher is not None:
             predictions, probabilities = await self._batcher.predict(rows)
         else:
-            predictions, probabilities = await anyio.to_thread.run_sync(self._run, rows)
+            predictions, probabilities = await self._call(rows)
         answer: dict[str, Any] = {"predictions": predictions.tolist()}
         if probabilities is not None:
             answer["probabilities"] = probabilities.tolist()
@@ -193,6 +223,35 @@ class LocalModel:
         if not agrees:
             log.warning("model %s: one-pass outputs differ from predict/predict_proba; using two calls", self.path)
         return agrees
+
+    async def _call(self, rows: Rows) -> Outputs:
+        """One model call: on the event loop when the probe found it cheap for this many rows, else in a thread."""
+        if len(rows) <= self.inline_rows:
+            return self._run(rows)
+        return await anyio.to_thread.run_sync(self._run, rows)
+
+    def _probe_within(self, rows: int, budget_s: float) -> bool:
+        """Whether a call of `rows` made-up rows takes at most `budget_s` (the median of `PROBE_CALLS`).
+
+        False without a budget, for a model of unknown width and for one that fails on the probe.
+        """
+        if budget_s <= 0 or self.n_features is None:
+            return False
+        probe = np.linspace(-2.0, 2.0, rows * self.n_features).reshape(rows, self.n_features)
+        timings: list[float] = []
+        try:
+            for _ in range(PROBE_CALLS + 1):
+                started = time.perf_counter()
+                self._run(probe)
+                timings.append(time.perf_counter() - started)
+                if timings[-1] > 10 * budget_s:
+                    break  # plainly slow: no need to spend more of the start-up on it
+        except PredictionError:
+            return False
+        cost_s = statistics.median(timings[1:] or timings)  # the first call warms caches up
+        where = "on the event loop" if cost_s <= budget_s else "in a worker thread"
+        log.info("model %s: %d rows take %.2f ms: it runs %s", self.path, rows, cost_s * 1000, where)
+        return cost_s <= budget_s
 
     def _run(self, rows: Rows) -> Outputs:
         """The one blocking model call; the micro-batcher hands it many calls' rows at once."""

@@ -12,7 +12,7 @@ from router.errors import ModelLoadError
 from router.proxy import UpstreamClient
 from router.variants.base import VariantBackend
 from router.variants.batching import Batching
-from router.variants.local import DEFAULT_BATCHING, LocalModel, LocalVariant
+from router.variants.local import DEFAULT_BATCHING, DEFAULT_INLINE_MAX_S, LocalModel, LocalVariant
 from router.variants.remote import RemoteVariant
 
 
@@ -23,12 +23,20 @@ class ModelCache:
     path and applying the config again loads the new model. With `root` (ABROUTER_MODELS_DIR),
     relative paths are taken under it and no path may leave it: a joblib file is a pickle, so
     whoever may write configs must not be able to make the gateway unpickle an arbitrary file.
-    One model, one micro-batching queue (`batching`; None runs every call on its own).
+    One model, one micro-batching queue (`batching`; None runs every call on its own); models probed
+    within `inline_max_s` run on the event loop (router/variants/local.py).
     """
 
-    def __init__(self, root: Path | None = None, *, batching: Batching | None = DEFAULT_BATCHING) -> None:
+    def __init__(
+        self,
+        root: Path | None = None,
+        *,
+        batching: Batching | None = DEFAULT_BATCHING,
+        inline_max_s: float = DEFAULT_INLINE_MAX_S,
+    ) -> None:
         self.root = root.resolve() if root is not None else None
         self._batching = batching
+        self._inline_max_s = inline_max_s
         self._models: dict[tuple[Path, int, int], LocalModel] = {}
 
     def resolve(self, path: str | Path) -> Path:
@@ -48,10 +56,10 @@ class ModelCache:
             stat = resolved.stat()
         except OSError:
             # raises the ModelLoadError that names the problem
-            return LocalModel.load(resolved, batching=self._batching)
+            return LocalModel.load(resolved, batching=self._batching, inline_max_s=self._inline_max_s)
         key = (resolved, stat.st_size, stat.st_mtime_ns)
         if key not in self._models:
-            self._models[key] = LocalModel.load(resolved, batching=self._batching)
+            self._models[key] = LocalModel.load(resolved, batching=self._batching, inline_max_s=self._inline_max_s)
         return self._models[key]
 
     async def load_async(self, path: str | Path) -> LocalModel:

@@ -121,3 +121,28 @@ def test_an_ab_variant_must_start_with_on_or_off() -> None:
         [sys.executable, "-m", "bench.ab", "--smoke", "maybe"], cwd=ROOT, capture_output=True, text=True, timeout=30
     )
     assert done.returncode == 2 and "starts with 'on' or 'off'" in done.stderr
+
+
+def test_the_ab_comparison_loads_the_local_model_with_one_and_two_workers(trained_models: dict[str, Path]) -> None:
+    models_dir = next(iter(trained_models.values())).parent
+    args = ["--smoke", "--no-install", "--models-dir", str(models_dir), "--route", "local", "--both-cpus"]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.ab", *args, "on", "on:workers=2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    table = {line.split("|")[1].strip(): line for line in done.stdout.splitlines() if line.startswith("| o")}
+    assert set(table) == {"on", "on:workers=2"}
+    assert all(re.search(r"\| 1 \| [\d,]+ \| [\d.]+ \|", line) for line in table.values()), table
+
+
+@pytest.mark.parametrize("variant", ["on:workers=0", "on:workers=two"])
+def test_an_ab_variant_needs_a_whole_number_of_workers(variant: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.ab", "--smoke", variant], cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 2 and "workers must be a whole number of at least 1" in done.stderr

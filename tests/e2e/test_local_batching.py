@@ -9,6 +9,7 @@ from pathlib import Path
 import joblib
 import numpy as np
 import numpy.typing as npt
+import pytest
 from starlette.testclient import TestClient
 
 from tests.e2e.conftest import GatewayFactory, experiment
@@ -24,6 +25,16 @@ class SleepyModel:
     def predict(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
         time.sleep(0.5)
         return np.zeros(len(X), dtype=np.int64)
+
+
+class WhereModel:
+    """Cheap and of known width; predicts 1 when it runs in one of anyio's worker threads, 0 elsewhere."""
+
+    n_features_in_ = 4
+
+    def predict(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
+        in_worker = threading.current_thread().name.startswith("AnyIO worker thread")
+        return np.full(len(X), int(in_worker), dtype=np.int64)
 
 
 def local_experiment(model: Path, name: str) -> object:
@@ -91,3 +102,16 @@ def test_concurrent_calls_to_a_local_experiment_are_each_answered_for_their_own_
     results = concurrently(client, "/v1/experiments/churn-local/predict", [f"u{i}" for i in range(24)])
     assert [status for status, _ in results] == [200] * 24
     assert all(len(body["predictions"]) == 1 and len(body["probabilities"]) == 1 for _, body in results)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("inline_max_ms", "in_worker_thread"), [(None, 0), (0, 1)], ids=["default", "off"])
+def test_abrouter_local_inline_max_ms_decides_where_a_cheap_model_runs(
+    gateway: GatewayFactory, tmp_path: Path, inline_max_ms: float | None, in_worker_thread: int
+) -> None:
+    model = tmp_path / "where.joblib"
+    joblib.dump(WhereModel(), model)
+    settings = {} if inline_max_ms is None else {"local_inline_max_ms": inline_max_ms}
+    client = gateway([local_experiment(model, "where")], settings=settings)
+    response = client.post("/v1/experiments/where/predict", json={"instances": [ROW]}, headers={"X-User-Id": "u1"})
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"] == [in_worker_thread]

@@ -18,7 +18,8 @@ import pytest
 from sklearn.linear_model import LogisticRegression, RidgeClassifier
 
 from router.errors import InvalidPayload, ModelLoadError, PredictionError
-from router.variants.local import MAX_INSTANCES, LocalModel, instances_array
+from router.variants.batching import Batching
+from router.variants.local import DEFAULT_BATCHING, MAX_INSTANCES, LocalModel, instances_array
 from variants.churn import MODELS, N_FEATURES, make_dataset
 
 # Estimators written for these tests live at module level: joblib pickles a class by its import path.
@@ -31,7 +32,17 @@ class ThreadReportingModel:
         return np.full(len(X), threading.get_ident(), dtype=np.int64)
 
 
+class SizedThreadReportingModel(ThreadReportingModel):
+    """A model of known width, so the gateway can probe what a call costs; it costs next to nothing."""
+
+    n_features_in_ = 1
+
+
 class SlowModel:
+    """Far over the inline budget, and of known width, so the probe at load finds it too slow for the loop."""
+
+    n_features_in_ = 1
+
     def predict(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
         time.sleep(0.3)
         return np.zeros(len(X), dtype=np.int64)
@@ -154,13 +165,47 @@ async def test_a_classifier_without_predict_proba_answers_predictions_only(tmp_p
     assert set(answer) == {"predictions"}
 
 
-async def test_the_model_runs_in_a_worker_thread(tmp_path: Path) -> None:
-    answer = await LocalModel.load(dump(ThreadReportingModel(), tmp_path)).predict({"instances": [[1.0]]})
+async def test_a_model_of_unknown_width_cannot_be_probed_and_runs_in_a_worker_thread(tmp_path: Path) -> None:
+    model = LocalModel.load(dump(ThreadReportingModel(), tmp_path))
+    assert model.inline_rows == 0
+    answer = await model.predict({"instances": [[1.0]]})
     assert answer["predictions"] != [threading.get_ident()]
+
+
+@pytest.mark.parametrize("batching", [Batching(max_rows=16), None], ids=["batched", "alone"])
+async def test_a_model_cheap_at_its_largest_batch_runs_on_the_event_loop_up_to_that_many_rows(
+    tmp_path: Path, batching: Batching | None
+) -> None:
+    model = LocalModel.load(dump(SizedThreadReportingModel(), tmp_path), batching=batching)
+    largest = batching.max_rows if batching is not None else DEFAULT_BATCHING.max_rows
+    assert model.inline_rows == largest
+    loop_thread = threading.get_ident()
+    answer = await model.predict({"instances": [[1.0]] * largest})
+    assert answer["predictions"] == [loop_thread] * largest
+    if batching is None:  # a batched call of more rows than a batch cannot be (it is refused in the batcher's tests)
+        bigger = await model.predict({"instances": [[1.0]] * (largest + 1)})
+        assert loop_thread not in bigger["predictions"]
+
+
+async def test_with_no_inline_budget_every_call_runs_in_a_worker_thread(tmp_path: Path) -> None:
+    model = LocalModel.load(dump(SizedThreadReportingModel(), tmp_path), inline_max_s=0)
+    assert model.inline_rows == 0
+    answer = await model.predict({"instances": [[1.0]]})
+    assert answer["predictions"] != [threading.get_ident()]
+
+
+async def test_a_model_that_fails_on_the_probe_runs_in_a_worker_thread_and_still_reports_its_failures(
+    tmp_path: Path,
+) -> None:
+    model = LocalModel.load(dump(FailingModel(), tmp_path))
+    assert model.inline_rows == 0
+    with pytest.raises(PredictionError, match="the model exploded"):
+        await model.predict({"instances": rows(1)})
 
 
 async def test_the_event_loop_keeps_running_while_a_model_predicts(tmp_path: Path) -> None:
     model = LocalModel.load(dump(SlowModel(), tmp_path))
+    assert model.inline_rows == 0  # probed at load: far over the budget
     ticks = 0
 
     async def tick() -> None:

@@ -158,3 +158,26 @@ async def test_without_batching_concurrent_calls_each_run_on_their_own() -> None
     local = LocalModel(model, Path("gated.joblib"), batching=None)
     await asyncio.gather(*(local.predict(payload(float(i))) for i in range(3)))
     assert sorted(model.calls) == [[0.0], [1.0], [2.0]]
+
+
+class RecordingModel:
+    """Cheap, of known width (so it runs on the event loop), and records the first feature of each call's rows."""
+
+    n_features_in_ = 2
+
+    def __init__(self) -> None:
+        self.calls: list[list[float]] = []
+
+    def predict(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        self.calls.append(X[:, 0].tolist())
+        return X[:, 0] * 2
+
+
+async def test_on_the_event_loop_the_calls_of_one_loop_round_run_as_one_batch() -> None:
+    model = RecordingModel()
+    local = LocalModel(model, Path("recording.joblib"), batching=Batching(max_rows=4))
+    assert local.inline_rows == 4
+    model.calls.clear()  # the probe's calls at load
+    answers = await asyncio.gather(*(local.predict(payload(float(i))) for i in range(6)))
+    assert [a["predictions"] for a in answers] == [[2.0 * i] for i in range(6)]
+    assert model.calls == [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0]]  # at most max_rows rows each
