@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -167,6 +168,7 @@ def serve(args: argparse.Namespace) -> int:
     from router.http_protocol import HTTP_PROTOCOL
     from router.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
     from router.store.embedded import RedisServer
+    from router.workers import reuse_port_supported, run_workers
 
     settings = _serve_settings(args)
     experiments = load_files(settings.config_paths)  # nothing half-valid is applied
@@ -190,21 +192,25 @@ def serve(args: argparse.Namespace) -> int:
         # into an exception here lets the cleanup (stopping the embedded Redis cleanly) run.
         signal.signal(signal.SIGTERM, _stop_requested)
         signal.signal(signal.SIGINT, _stop_requested)
+        options: dict[str, Any] = {
+            "app": "router.app:app_from_environment",
+            "factory": True,
+            "host": settings.host,
+            "port": settings.port,
+            "workers": settings.workers,
+            "loop": "uvloop",
+            "http": HTTP_PROTOCOL,  # uvicorn's httptools protocol, sending each answer in one write
+            "log_level": settings.log_level,
+            # uvicorn formats each access line before the logger drops it: costly at 1 000s of calls a second
+            "access_log": settings.access_log and settings.log_level in ("info", "debug"),
+            "timeout_graceful_shutdown": math.ceil(settings.shutdown_grace_s),  # uvicorn takes whole seconds
+            "server_header": False,
+        }
         with contextlib.suppress(StopRequested):
-            uvicorn.run(
-                "router.app:app_from_environment",
-                factory=True,
-                host=settings.host,
-                port=settings.port,
-                workers=settings.workers,
-                loop="uvloop",
-                http=HTTP_PROTOCOL,  # uvicorn's httptools protocol, sending each answer in one write
-                log_level=settings.log_level,
-                # uvicorn formats each access line before the logger drops it: costly at 1 000s of calls a second
-                access_log=settings.access_log and settings.log_level in ("info", "debug"),
-                timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),  # uvicorn takes whole seconds
-                server_header=False,
-            )
+            if settings.workers > 1 and reuse_port_supported():
+                run_workers(uvicorn.Config(**options))  # a listening socket per worker (router/workers.py)
+            else:
+                uvicorn.run(**options)
     return EXIT_OK
 
 
