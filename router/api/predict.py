@@ -23,7 +23,7 @@ from router.assignment.assign import Assignment, Reason, assign
 from router.errors import ModelOverloaded, PayloadTooLarge, PredictionError, RouterError, UpstreamError
 from router.live_config import ActiveExperiment
 from router.metrics import NO_VARIANT, REJECTED, Metrics, UpstreamErrorKind
-from router.proxy import HOP_BY_HOP
+from router.proxy import HOP_BY_HOP, decodable_accept_encoding
 from router.services import Services
 from router.variants.base import PredictCall, VariantResponse
 
@@ -81,7 +81,8 @@ def read_headers(raw: RawHeaders) -> tuple[dict[str, str], list[tuple[str, str]]
     """One pass over the ASGI headers: (name -> first value, the headers to forward upstream).
 
     Forwarded are the end-to-end headers: not hop-by-hop ones, nor those named by `Connection`,
-    nor the caller's `X-Request-Id` (the call's own id is added in its place).
+    nor the caller's `X-Request-Id` (the call's own id is added in its place); `Accept-Encoding`
+    keeps only the codings the gateway decodes (`decodable_accept_encoding`).
     """
     first: dict[str, str] = {}
     forwarded: list[tuple[str, str]] = []
@@ -89,8 +90,14 @@ def read_headers(raw: RawHeaders) -> tuple[dict[str, str], list[tuple[str, str]]
         name, value = name_bytes.decode("latin-1"), value_bytes.decode("latin-1")
         if name not in first:
             first[name] = value
-        if name not in HOP_BY_HOP and name != "x-request-id":
-            forwarded.append((name, value))
+        if name in HOP_BY_HOP or name == "x-request-id":
+            continue
+        if name == "accept-encoding":
+            decodable = decodable_accept_encoding(value)
+            if decodable is None:
+                continue
+            value = decodable
+        forwarded.append((name, value))
     if "connection" in first:
         named = {
             token.strip().lower()

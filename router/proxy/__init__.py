@@ -12,10 +12,21 @@ from __future__ import annotations
 import httpx
 
 from router.errors import RouterError
-from router.proxy.base import HOP_BY_HOP, UpstreamClient, UpstreamResponse, forwardable_headers
+from router.proxy.base import (
+    HOP_BY_HOP,
+    UpstreamClient,
+    UpstreamResponse,
+    decodable_accept_encoding,
+)
 from router.settings import UpstreamClientKind
 
-__all__ = ["HOP_BY_HOP", "UpstreamClient", "UpstreamResponse", "forwardable_headers", "open_upstream_client"]
+__all__ = [
+    "HOP_BY_HOP",
+    "UpstreamClient",
+    "UpstreamResponse",
+    "decodable_accept_encoding",
+    "open_upstream_client",
+]
 
 
 def open_upstream_client(

@@ -25,13 +25,19 @@ HOP_BY_HOP: Final = frozenset(
 )
 
 
-def forwardable_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Request headers that may travel to the upstream: no hop-by-hop ones, nor those named by `Connection`."""
-    pairs = list(headers)
-    named_by_connection = {
-        token.strip().lower() for name, value in pairs if name.lower() == "connection" for token in value.split(",")
-    }
-    return [(name, value) for name, value in pairs if name.lower() not in HOP_BY_HOP | named_by_connection]
+#: The content codings every upstream client decodes (RFC 9110 section 8.4.1); upstreams are offered no other.
+DECODED_CODINGS: Final = frozenset({"gzip", "x-gzip", "deflate", "identity"})
+
+
+def decodable_accept_encoding(value: str) -> str | None:
+    """The caller's `Accept-Encoding` with only the codings the gateway decodes; None when none is left.
+
+    The gateway is the upstream's client: it decodes the answer and passes the body back without
+    its `Content-Encoding`. A coding the caller accepts but the gateway does not decode (br, zstd,
+    `*`) must not be offered, or an upstream that picks it turns a good call into a 502.
+    """
+    kept = [item.strip() for item in value.split(",") if item.split(";", 1)[0].strip().lower() in DECODED_CODINGS]
+    return ", ".join(kept) or None
 
 
 @dataclass(frozen=True, slots=True)

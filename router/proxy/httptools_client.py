@@ -10,7 +10,8 @@ What it does: keep-alive connections pooled per origin (LIFO, idle ones closed a
 `keepalive_s`), at most `max_connections` calls in flight, the whole exchange bounded by
 `timeout_s`, gzip and deflate answers decoded, one retry on a fresh connection when a pooled one
 turns out to have been closed by the upstream before it answered a byte. What it does not do:
-HTTP/2, proxies, redirects, cookies, brotli or zstd (an answer encoded so is a 502).
+HTTP/2, proxies, redirects, cookies, brotli or zstd (never offered to the upstream: see
+`decodable_accept_encoding`; an upstream that sends one anyway gets a 502).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ import pytest
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.testclient import TestClient
 
@@ -34,7 +34,7 @@ GZIPPED_TEXT: Final = b'{"predictions": [1]}' * 50
 
 
 def loopback_app() -> Starlette:
-    """The e2e echo upstream, plus a slow route and one that answers gzip-encoded."""
+    """The e2e echo upstream, plus a slow route, one that answers gzip-encoded and one br-encoded when offered."""
 
     async def slow(request: Request) -> Response:
         await asyncio.sleep(2.0)
@@ -45,10 +45,17 @@ def loopback_app() -> Starlette:
             gzip.compress(GZIPPED_TEXT), media_type="application/json", headers={"Content-Encoding": "gzip"}
         )
 
+    async def brotli_when_offered(request: Request) -> Response:
+        offered = request.headers.get("accept-encoding")
+        if offered is not None and "br" in offered:
+            return Response(b"\x8b\x02\x80not-really-brotli", headers={"Content-Encoding": "br"})
+        return JSONResponse({"accept-encoding": offered})
+
     return Starlette(
         routes=[
             Route("/slow", slow, methods=["POST"]),
             Route("/gzip", gzipped, methods=["POST"]),
+            Route("/brotli", brotli_when_offered, methods=["POST"]),
             Mount("/", echo_upstream(name="loopback")),
         ]
     )
@@ -140,10 +147,28 @@ def test_a_callers_accept_and_user_agent_headers_are_forwarded_as_they_are(
     response = client.post(
         "/v1/experiments/exp/predict",
         content=b"{}",
-        headers={"X-User-Id": "u", "User-Agent": "shop/1.0", "Accept": "application/json", "Accept-Encoding": "br"},
+        headers={"X-User-Id": "u", "User-Agent": "shop/1.0", "Accept": "application/json"},
     )
     seen = response.json()["headers"]
-    assert (seen["user-agent"], seen["accept"], seen["accept-encoding"]) == ("shop/1.0", "application/json", "br")
+    assert (seen["user-agent"], seen["accept"]) == ("shop/1.0", "application/json")
+    assert "accept-encoding" not in seen
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    ("accepted", "offered"),
+    [("gzip, deflate, br, zstd", "gzip, deflate"), ("br;q=1.0, gzip;q=0.5", "gzip;q=0.5"), ("br, *", None)],
+)
+def test_the_upstream_is_offered_only_the_codings_the_gateway_decodes(
+    gateway: GatewayFactory, upstream_url: str, kind: str, accepted: str, offered: str | None
+) -> None:
+    # /brotli answers br-encoded whenever br is offered: passing the caller's header on made that a 502.
+    client = start(gateway, kind, f"{upstream_url}/a", f"{upstream_url}/brotli")
+    response = client.post(
+        "/v1/experiments/exp/predict", content=b"{}", headers={"X-User-Id": "u", "Accept-Encoding": accepted}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == {"accept-encoding": offered}
 
 
 @pytest.mark.parametrize("kind", KINDS)
