@@ -4,14 +4,15 @@ uvicorn's supervisor binds one socket and every worker accepts from it. The work
 first accepts every connection waiting (uvloop accepts until the queue is empty), so a burst of
 keep-alive connections (a load balancer's pool, the benchmark's 32) can all land on one worker
 and stay there while the others idle: the benchmark saw one of two workers serve every call in
-one round of three (docs/performance.md, item 20). With a socket per worker, the kernel spreads
-new connections over the workers by a hash of their addresses.
+one round of three (docs/performance.md, item 20). With a socket per worker, Linux spreads new
+connections over the workers by a hash of their addresses.
 
 The supervision stays uvicorn's (`Multiprocess`: health checks, restarts, signals, graceful
 shutdown); only the sockets it hands the workers differ. `WorkerSockets` pickles to a call that
 binds a new socket, so each worker process, a restarted one too, unpickles a socket of its own.
-The parent binds the port first with the same options and never listens: that claims the port
-(a port in use fails at start, `--port 0` gets one port for all) and takes no connections.
+The parent first checks that nothing listens on the port (a plain bind: another gateway's
+SO_REUSEPORT sockets must not quietly share the port with this one), then claims it with a
+bound socket of the workers' options that never listens and so never takes a connection.
 """
 
 from __future__ import annotations
@@ -29,13 +30,17 @@ log = logging.getLogger("uvicorn.error")
 
 
 def reuse_port_supported() -> bool:
-    """Whether this platform lets several sockets listen on one port (Linux, the BSDs, macOS)."""
-    return hasattr(socket, "SO_REUSEPORT")
+    """Whether SO_REUSEPORT balances connections over the sockets: Linux only (the BSDs and macOS do not)."""
+    return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 def bind_reuse_port(host: str, port: int) -> socket.socket:
     """A TCP socket bound to (host, port) that other such sockets of this user may bind too; not listening yet."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(_family(host), socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -43,8 +48,16 @@ def bind_reuse_port(host: str, port: int) -> socket.socket:
     except OSError:
         sock.close()
         raise
-    sock.set_inheritable(True)
     return sock
+
+
+def free_port_on(host: str, port: int) -> int:
+    """`port` (or a free one for 0) once a plain bind shows that nothing listens there; OSError if something does."""
+    with socket.socket(_family(host), socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: TIME_WAIT is no conflict
+        probe.bind((host, port))
+        bound: int = probe.getsockname()[1]
+        return bound
 
 
 class WorkerSockets(list[socket.socket]):
@@ -61,22 +74,36 @@ class WorkerSockets(list[socket.socket]):
 
 
 def _sockets_of_this_worker(host: str, port: int) -> list[socket.socket]:
-    return [bind_reuse_port(host, port)]
+    try:
+        return [bind_reuse_port(host, port)]
+    except OSError as exc:
+        # Before uvicorn's code runs in the worker: exit as uvicorn does when a worker cannot start,
+        # so the supervisor stops instead of restarting it in a loop.
+        log.error("worker cannot listen on %s:%d: %s", host, port, exc)
+        raise SystemExit(STARTUP_FAILURE) from None
 
 
 def run_workers(config: uvicorn.Config) -> None:
-    """`uvicorn.run` for `config.workers` > 1 (an app given as an import string), with a socket per worker."""
+    """`uvicorn.run` for `config.workers` > 1 (an app given as an import string), with a socket per worker.
+
+    Exits with uvicorn's STARTUP_FAILURE (3) when the port is taken or a worker could not start.
+    """
     try:
-        claim = bind_reuse_port(config.host, config.port)
+        port = free_port_on(config.host, config.port)
+        claim = bind_reuse_port(config.host, port)
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", config.host, config.port, exc)
         sys.exit(STARTUP_FAILURE)
     with claim:
-        port = claim.getsockname()[1]
+        host = claim.getsockname()[0]  # the address it resolved to: every worker binds that very one
+        shown = f"[{host}]" if ":" in host else host
         log.info(
             "Uvicorn running on http://%s:%d with %d workers, each on its own socket (SO_REUSEPORT)",
-            config.host,
+            shown,
             port,
             config.workers,
         )
-        Multiprocess(config, sockets=WorkerSockets(config.host, port)).run()
+        supervisor = Multiprocess(config, sockets=WorkerSockets(host, port))
+        supervisor.run()
+    if any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes):
+        sys.exit(STARTUP_FAILURE)  # uvicorn's own supervisor exits 0 here: a service manager would not notice

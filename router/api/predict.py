@@ -93,10 +93,7 @@ def read_headers(raw: RawHeaders) -> tuple[dict[str, str], list[tuple[str, str]]
         if name in HOP_BY_HOP or name == "x-request-id":
             continue
         if name == "accept-encoding":
-            decodable = decodable_accept_encoding(value)
-            if decodable is None:
-                continue
-            value = decodable
+            value = decodable_accept_encoding(value)
         forwarded.append((name, value))
     if "connection" in first:
         named = {

@@ -26,18 +26,35 @@ HOP_BY_HOP: Final = frozenset(
 
 
 #: The content codings every upstream client decodes (RFC 9110 section 8.4.1); upstreams are offered no other.
-DECODED_CODINGS: Final = frozenset({"gzip", "x-gzip", "deflate", "identity"})
+DECODED_CODINGS: Final = frozenset({"gzip", "deflate"})
 
 
-def decodable_accept_encoding(value: str) -> str | None:
-    """The caller's `Accept-Encoding` with only the codings the gateway decodes; None when none is left.
+def decodable_accept_encoding(value: str) -> str:
+    """The caller's `Accept-Encoding` with only the codings the gateway decodes, or `identity` when none is left.
 
     The gateway is the upstream's client: it decodes the answer and passes the body back without
     its `Content-Encoding`. A coding the caller accepts but the gateway does not decode (br, zstd,
-    `*`) must not be offered, or an upstream that picks it turns a good call into a 502.
+    `*`, and x-gzip, which not every client knows) must not be offered, or an upstream that picks
+    it turns a good call into a 502. Entries with `q=0` refuse their coding and are dropped too.
     """
-    kept = [item.strip() for item in value.split(",") if item.split(";", 1)[0].strip().lower() in DECODED_CODINGS]
-    return ", ".join(kept) or None
+    kept = []
+    for item in value.split(","):
+        coding, _, parameters = item.partition(";")
+        if coding.strip().lower() in DECODED_CODINGS and not _refused(parameters):
+            kept.append(item.strip())
+    return ", ".join(kept) or "identity"
+
+
+def _refused(parameters: str) -> bool:
+    """Whether an Accept-Encoding entry's parameters give it a weight of 0 (`gzip;q=0`: not acceptable)."""
+    for parameter in parameters.split(";"):
+        name, _, weight = parameter.partition("=")
+        if name.strip().lower() == "q":
+            try:
+                return float(weight) == 0.0
+            except ValueError:
+                return False
+    return False
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -41,8 +40,10 @@ log = logging.getLogger("abrouter.variants")
 DEFAULT_BATCHING: Final = Batching()
 #: A model whose largest batch takes at most this long runs on the event loop (ABROUTER_LOCAL_INLINE_MAX_MS).
 DEFAULT_INLINE_MAX_S: Final = 0.002
-#: Timed probe calls at load; the median decides. One untimed call comes first.
+#: Timed probe calls of a whole batch at load; the fastest decides.
 PROBE_CALLS: Final = 3
+#: A call on the event loop this many times over the budget sends the model's calls to a worker thread.
+DEMOTE_FACTOR: Final = 5.0
 
 #: rows per call; bounds the memory and the time one caller can take from a worker thread
 MAX_INSTANCES: Final = 10_000
@@ -149,6 +150,7 @@ class LocalModel:
         self._one_pass = _one_pass(self._final) if self.has_proba else None
         if self._one_pass is not None and not self._one_pass_agrees():
             self._one_pass = None
+        self._inline_max_s = inline_max_s
         probe_rows = (batching or DEFAULT_BATCHING).max_rows  # the largest batch; unbatched, as large a call
         self.inline_rows = probe_rows if self._probe_within(probe_rows, inline_max_s) else 0
         self._batcher = MicroBatcher(self._call, batching=batching, name=str(path)) if batching is not None else None
@@ -225,30 +227,53 @@ class LocalModel:
         return agrees
 
     async def _call(self, rows: Rows) -> Outputs:
-        """One model call: on the event loop when the probe found it cheap for this many rows, else in a thread."""
-        if len(rows) <= self.inline_rows:
+        """One model call: on the event loop when the probe found it cheap for this many rows, else in a thread.
+
+        A call on the loop that takes `DEMOTE_FACTOR` times the budget (real rows can cost more than
+        the probe's made-up ones) sends this model's later calls to the thread for good.
+        """
+        if len(rows) > self.inline_rows:
+            return await anyio.to_thread.run_sync(self._run, rows)
+        started = time.perf_counter()
+        try:
             return self._run(rows)
-        return await anyio.to_thread.run_sync(self._run, rows)
+        finally:
+            took_s = time.perf_counter() - started
+            if took_s > DEMOTE_FACTOR * self._inline_max_s and self.inline_rows:
+                self.inline_rows = 0
+                log.warning(
+                    "model %s: a call of %d rows held the event loop for %.1f ms (ABROUTER_LOCAL_INLINE_MAX_MS "
+                    "is %g): its calls run in a worker thread from now on",
+                    self.path,
+                    len(rows),
+                    took_s * 1000,
+                    self._inline_max_s * 1000,
+                )
 
     def _probe_within(self, rows: int, budget_s: float) -> bool:
-        """Whether a call of `rows` made-up rows takes at most `budget_s` (the median of `PROBE_CALLS`).
+        """Whether a call of `rows` made-up rows takes at most `budget_s`: the fastest of `PROBE_CALLS`.
 
-        False without a budget, for a model of unknown width and for one that fails on the probe.
+        One row first, which warms the model up and spares a slow model the big probe. The fastest
+        call, not the median: a probe that runs beside other threads (a model loaded while the
+        gateway serves) is slowed by them, never sped up. False without a budget, for a model of
+        unknown width and for one that fails on the probe.
         """
         if budget_s <= 0 or self.n_features is None:
             return False
-        probe = np.linspace(-2.0, 2.0, rows * self.n_features).reshape(rows, self.n_features)
-        timings: list[float] = []
         try:
-            for _ in range(PROBE_CALLS + 1):
-                started = time.perf_counter()
-                self._run(probe)
-                timings.append(time.perf_counter() - started)
-                if timings[-1] > 10 * budget_s:
-                    break  # plainly slow: no need to spend more of the start-up on it
+            started = time.perf_counter()
+            self._run(np.zeros((1, self.n_features)))
+            cost_s = time.perf_counter() - started
+            if cost_s <= budget_s:
+                probe = np.linspace(-2.0, 2.0, rows * self.n_features).reshape(rows, self.n_features)
+                timings: list[float] = []
+                while len(timings) < PROBE_CALLS and (not timings or timings[-1] <= 10 * budget_s):
+                    started = time.perf_counter()  # (past 10x the budget: plainly slow, no need to go on)
+                    self._run(probe)
+                    timings.append(time.perf_counter() - started)
+                cost_s = min(timings)
         except PredictionError:
             return False
-        cost_s = statistics.median(timings[1:] or timings)  # the first call warms caches up
         where = "on the event loop" if cost_s <= budget_s else "in a worker thread"
         log.info("model %s: %d rows take %.2f ms: it runs %s", self.path, rows, cost_s * 1000, where)
         return cost_s <= budget_s

@@ -7,15 +7,19 @@ inode, and each process's file descriptors), the way `ss -p` finds them.
 from __future__ import annotations
 
 import os
+import pickle
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from uvicorn.config import STARTUP_FAILURE
 
-from router.workers import WorkerSockets, bind_reuse_port
-from tests.fixtures.servers import ServerProcess, gateway
+from router.workers import WorkerSockets, bind_reuse_port, free_port_on
+from tests.fixtures.servers import ROOT, ServerProcess, gateway
 
 LISTEN, ESTABLISHED = "0A", "01"
 CONNECTIONS = 64
@@ -120,8 +124,7 @@ def test_a_worker_unpickles_a_new_socket_on_the_claimed_port() -> None:
         port = claim.getsockname()[1]
         sockets = WorkerSockets("127.0.0.1", port)
         assert sockets == []  # the parent listens on nothing
-        function, args = sockets.__reduce__()
-        first, second = function(*args), function(*args)  # what two workers' unpickling does
+        first, second = (pickle.loads(pickle.dumps(sockets)) for _ in range(2))  # what two workers do
         try:
             assert [s.getsockname()[1] for s in first + second] == [port, port]
             assert first[0].fileno() != second[0].fileno()
@@ -130,9 +133,44 @@ def test_a_worker_unpickles_a_new_socket_on_the_claimed_port() -> None:
                 sock.close()
 
 
-def test_a_port_another_program_listens_on_cannot_be_claimed() -> None:
+@pytest.mark.parametrize("reuse_port", [False, True], ids=["plain", "another-gateway"])
+def test_a_port_something_listens_on_is_refused_even_to_a_socket_that_could_share_it(reuse_port: bool) -> None:
     with socket.socket() as taken:
+        if reuse_port:  # as another gateway's workers: SO_REUSEPORT would let this one quietly share the port
+            taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         with pytest.raises(OSError):
-            bind_reuse_port("127.0.0.1", taken.getsockname()[1])
+            free_port_on("127.0.0.1", taken.getsockname()[1])
+
+
+def test_a_second_gateway_on_the_same_port_exits_with_uvicorns_startup_failure(
+    two_workers: tuple[ServerProcess, list[int]], tmp_path: Path, redis_url: str
+) -> None:
+    first, _ = two_workers
+    second = gateway(tmp_path / "second", redis_url=redis_url, workers=2)
+    second.args[second.args.index("--port") + 1] = str(first.port)
+    done = subprocess.run(second.args, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == STARTUP_FAILURE, done.stdout[-2000:] + done.stderr[-2000:]
+    assert f"cannot listen on 127.0.0.1:{first.port}" in done.stderr
+
+
+def test_a_worker_that_cannot_bind_exits_as_a_worker_that_cannot_start() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(SystemExit) as exited:
+            pickle.loads(pickle.dumps(WorkerSockets("127.0.0.1", taken.getsockname()[1])))
+    assert exited.value.code == STARTUP_FAILURE
+
+
+def test_the_supervisor_exits_with_uvicorns_startup_failure_when_its_workers_cannot_start() -> None:
+    script = (
+        "import uvicorn; from router.workers import run_workers; "
+        "run_workers(uvicorn.Config('tests.fixtures.failing_app:app', host='127.0.0.1', port=0, workers=2, "
+        "lifespan='on', log_level='warning'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == STARTUP_FAILURE, done.stdout[-2000:] + done.stderr[-2000:]

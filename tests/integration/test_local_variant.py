@@ -38,6 +38,29 @@ class SizedThreadReportingModel(ThreadReportingModel):
     n_features_in_ = 1
 
 
+class SlowOnMarkedRowsModel(SizedThreadReportingModel):
+    """Cheap on the probe's rows, 50 ms on a row whose feature is 999: real rows can cost more than made-up ones."""
+
+    def predict(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
+        if (X[:, 0] == 999).any():
+            time.sleep(0.05)
+        return super().predict(X)
+
+
+class CountingSlowModel:
+    """10 ms per call whatever the rows, and counts its calls."""
+
+    n_features_in_ = 1
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def predict(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
+        self.calls += 1
+        time.sleep(0.01)
+        return np.zeros(len(X), dtype=np.int64)
+
+
 class SlowModel:
     """Far over the inline budget, and of known width, so the probe at load finds it too slow for the loop."""
 
@@ -185,6 +208,25 @@ async def test_a_model_cheap_at_its_largest_batch_runs_on_the_event_loop_up_to_t
     if batching is None:  # a batched call of more rows than a batch cannot be (it is refused in the batcher's tests)
         bigger = await model.predict({"instances": [[1.0]] * (largest + 1)})
         assert loop_thread not in bigger["predictions"]
+
+
+async def test_a_call_on_the_event_loop_far_over_the_budget_sends_the_models_later_calls_to_a_thread(
+    tmp_path: Path,
+) -> None:
+    model = LocalModel.load(dump(SlowOnMarkedRowsModel(), tmp_path), batching=None)
+    loop_thread = threading.get_ident()
+    assert model.inline_rows > 0
+    slow = await model.predict({"instances": [[999.0]]})  # 50 ms: 25 times the 2 ms budget
+    assert slow["predictions"] == [loop_thread]  # answered, on the loop, before the model was moved
+    assert model.inline_rows == 0
+    later = await model.predict({"instances": [[1.0]]})
+    assert later["predictions"] != [loop_thread]
+
+
+def test_a_model_slow_on_one_row_is_not_probed_with_a_whole_batch() -> None:
+    estimator = CountingSlowModel()
+    model = LocalModel(estimator, Path("slow.joblib"))
+    assert (model.inline_rows, estimator.calls) == (0, 1)
 
 
 async def test_with_no_inline_budget_every_call_runs_in_a_worker_thread(tmp_path: Path) -> None:

@@ -181,3 +181,23 @@ async def test_on_the_event_loop_the_calls_of_one_loop_round_run_as_one_batch() 
     answers = await asyncio.gather(*(local.predict(payload(float(i))) for i in range(6)))
     assert [a["predictions"] for a in answers] == [[2.0 * i] for i in range(6)]
     assert model.calls == [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0]]  # at most max_rows rows each
+
+
+async def test_on_the_event_loop_the_batcher_lets_the_loop_run_between_two_batches() -> None:
+    model = RecordingModel()
+    local = LocalModel(model, Path("recording.joblib"), batching=Batching(max_rows=2))
+    model.calls.clear()
+    batches_done_when_others_ran: list[int] = []
+
+    async def another_task() -> None:
+        while True:
+            batches_done_when_others_ran.append(len(model.calls))
+            await asyncio.sleep(0)
+
+    other = asyncio.create_task(another_task())
+    try:
+        await asyncio.gather(*(local.predict(payload(float(i))) for i in range(6)))
+    finally:
+        other.cancel()
+    assert len(model.calls) == 3
+    assert {1, 2} <= set(batches_done_when_others_ran)  # it ran after the first batch and after the second
