@@ -12,7 +12,7 @@ queueing without bound.
 Where a batch runs is the model's choice (`LocalModel`, router/variants/local.py). In a worker
 thread, the calls that arrive while it runs wait; on the event loop, nothing else runs meanwhile,
 and the calls that arrived are read in the next loop round and batched together then. The worker
-yields to the loop after every batch, so a long queue never holds the loop for more than one.
+yields to the loop between two batches, so a long queue never holds the loop for more than one.
 
 When a batch of several calls fails, each call is retried alone: one call whose rows make the
 model raise must not fail the unrelated calls it happened to be batched with, and the retry
@@ -97,9 +97,12 @@ class MicroBatcher:
                 batch = self._next_batch()
                 if batch:
                     await self._serve(batch)
-                # A model on the event loop never yields by itself: answers go out, and the loop serves
-                # everything else, between two batches rather than after the whole queue.
-                await asyncio.sleep(0)
+                if self._waiting:
+                    # More than one batch was queued. A model on the event loop never yields by itself:
+                    # answers go out, and the loop serves everything else, between two batches rather
+                    # than after the whole queue. (Not after the last: a new worker task, started by
+                    # the next call, runs after the loop round's reads and so gathers a larger batch.)
+                    await asyncio.sleep(0)
         finally:
             self._worker = None
             self._starting = False

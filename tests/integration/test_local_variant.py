@@ -39,16 +39,33 @@ class SizedThreadReportingModel(ThreadReportingModel):
 
 
 class SlowOnMarkedRowsModel(SizedThreadReportingModel):
-    """Cheap on the probe's rows, 50 ms on a row whose feature is 999: real rows can cost more than made-up ones."""
+    """Cheap on the probe's rows, 50 ms of CPU on a row whose feature is 999 (real rows can cost more)."""
 
     def predict(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
         if (X[:, 0] == 999).any():
-            time.sleep(0.05)
+            busy_until = time.thread_time() + 0.05
+            while time.thread_time() < busy_until:
+                pass
+        return super().predict(X)
+
+
+class SlowFirstCallModel(SizedThreadReportingModel):
+    """10 ms of CPU on its first call only, like a model whose first call does one-off work."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def predict(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
+        self.calls += 1
+        if self.calls == 1:
+            busy_until = time.thread_time() + 0.01
+            while time.thread_time() < busy_until:
+                pass
         return super().predict(X)
 
 
 class CountingSlowModel:
-    """10 ms per call whatever the rows, and counts its calls."""
+    """10 ms of CPU per call whatever the rows, and counts its calls."""
 
     n_features_in_ = 1
 
@@ -57,7 +74,9 @@ class CountingSlowModel:
 
     def predict(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
         self.calls += 1
-        time.sleep(0.01)
+        busy_until = time.thread_time() + 0.01
+        while time.thread_time() < busy_until:
+            pass
         return np.zeros(len(X), dtype=np.int64)
 
 
@@ -216,17 +235,21 @@ async def test_a_call_on_the_event_loop_far_over_the_budget_sends_the_models_lat
     model = LocalModel.load(dump(SlowOnMarkedRowsModel(), tmp_path), batching=None)
     loop_thread = threading.get_ident()
     assert model.inline_rows > 0
-    slow = await model.predict({"instances": [[999.0]]})  # 50 ms: 25 times the 2 ms budget
+    slow = await model.predict({"instances": [[999.0]]})  # 50 ms of CPU: 25 times the 2 ms budget
     assert slow["predictions"] == [loop_thread]  # answered, on the loop, before the model was moved
     assert model.inline_rows == 0
     later = await model.predict({"instances": [[1.0]]})
     assert later["predictions"] != [loop_thread]
 
 
+def test_a_models_slow_first_call_does_not_count_against_it() -> None:
+    assert LocalModel(SlowFirstCallModel(), Path("first.joblib")).inline_rows > 0
+
+
 def test_a_model_slow_on_one_row_is_not_probed_with_a_whole_batch() -> None:
     estimator = CountingSlowModel()
     model = LocalModel(estimator, Path("slow.joblib"))
-    assert (model.inline_rows, estimator.calls) == (0, 1)
+    assert (model.inline_rows, estimator.calls) == (0, 2)  # an untimed call, then one row: no batch
 
 
 async def test_with_no_inline_budget_every_call_runs_in_a_worker_thread(tmp_path: Path) -> None:
