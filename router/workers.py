@@ -38,11 +38,16 @@ def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def bind_reuse_port(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to (host, port) that other such sockets of this user may bind too; not listening yet."""
+def bind_reuse_port(host: str, port: int, *, reuse_address: bool = True) -> socket.socket:
+    """A TCP socket bound to (host, port) that other such sockets of this user may bind too; not listening yet.
+
+    The parent's claim is bound without SO_REUSEADDR: then another gateway's plain bind (which
+    has it) is refused even before this gateway's workers listen, while the workers still join.
+    """
     sock = socket.socket(_family(host), socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_address:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
     except OSError:
@@ -90,7 +95,7 @@ def run_workers(config: uvicorn.Config) -> None:
     """
     try:
         port = free_port_on(config.host, config.port)
-        claim = bind_reuse_port(config.host, port)
+        claim = bind_reuse_port(config.host, port, reuse_address=False)
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", config.host, config.port, exc)
         sys.exit(STARTUP_FAILURE)

@@ -4,7 +4,7 @@ Loading unpickles the file, which can run code: model paths come from operators'
 from callers. Concurrent calls are micro-batched (router/variants/batching.py).
 
 Where a model call runs is measured once, at load. A model whose largest batch takes at most
-`inline_max_s` (ABROUTER_LOCAL_INLINE_MAX_MS) runs on the event loop: most of a small model's call
+`inline_max_s` of CPU (ABROUTER_LOCAL_INLINE_MAX_MS) runs on the event loop: most of a small model's call
 is Python holding the GIL, so a worker thread bought no parallelism and its hand-offs cost more
 than the model (docs/performance.md, item 19). A slower model, a call with more rows than the
 probe, and a model that cannot be probed run in a worker thread (`anyio.to_thread`), so they never
@@ -38,7 +38,7 @@ from router.variants.batching import Batching, MicroBatcher, Outputs, Rows
 log = logging.getLogger("abrouter.variants")
 
 DEFAULT_BATCHING: Final = Batching()
-#: A model whose largest batch takes at most this long runs on the event loop (ABROUTER_LOCAL_INLINE_MAX_MS).
+#: A model whose largest batch takes at most this much CPU runs on the event loop (ABROUTER_LOCAL_INLINE_MAX_MS).
 DEFAULT_INLINE_MAX_S: Final = 0.002
 #: Timed probe calls of a whole batch at load; the fastest decides.
 PROBE_CALLS: Final = 3
@@ -46,6 +46,8 @@ PROBE_CALLS: Final = 3
 DEMOTE_FACTOR: Final = 5.0
 #: A model whose probe takes this many times the budget in wall time runs in a thread, whatever its CPU time.
 WALL_FACTOR: Final = 10.0
+#: A call on the event loop this many times over the budget in wall time sends the model's calls to a thread.
+DEMOTE_WALL_FACTOR: Final = 25.0
 
 #: rows per call; bounds the memory and the time one caller can take from a worker thread
 MAX_INSTANCES: Final = 10_000
@@ -231,31 +233,36 @@ class LocalModel:
     async def _call(self, rows: Rows) -> Outputs:
         """One model call: on the event loop when the probe found it cheap for this many rows, else in a thread.
 
-        A call on the loop that takes `DEMOTE_FACTOR` times the budget (real rows can cost more than
-        the probe's made-up ones) sends this model's later calls to the thread for good. The time is
-        the thread's CPU time: on a busy machine the process is also descheduled mid-call, which is
-        no fault of the model and would hold up the loop on the thread path just the same.
+        A call on the loop that takes `DEMOTE_FACTOR` times the budget in CPU time (real rows can cost
+        more than the probe's made-up ones), or `DEMOTE_WALL_FACTOR` times it in wall time (a model
+        that waits), sends this model's later calls to the thread for good. The wall-time bound is
+        loose on purpose: on a busy machine the process is also descheduled mid-call, which is no
+        fault of the model and would hold up the loop on the thread path just the same.
         """
         if len(rows) > self.inline_rows:
             return await anyio.to_thread.run_sync(self._run, rows)
-        started = time.thread_time()
+        cpu_started, wall_started = time.thread_time(), time.perf_counter()
         try:
             return self._run(rows)
         finally:
-            took_s = time.thread_time() - started
-            if took_s > DEMOTE_FACTOR * self._inline_max_s and self.inline_rows:
+            took_s = time.thread_time() - cpu_started
+            waited_s = time.perf_counter() - wall_started
+            if self.inline_rows and (
+                took_s > DEMOTE_FACTOR * self._inline_max_s or waited_s > DEMOTE_WALL_FACTOR * self._inline_max_s
+            ):
                 self.inline_rows = 0
                 log.warning(
-                    "model %s: a call of %d rows held the event loop for %.1f ms (ABROUTER_LOCAL_INLINE_MAX_MS "
-                    "is %g): its calls run in a worker thread from now on",
+                    "model %s: a call of %d rows held the event loop for %.1f ms (%.1f ms of CPU; "
+                    "ABROUTER_LOCAL_INLINE_MAX_MS is %g): its calls run in a worker thread from now on",
                     self.path,
                     len(rows),
+                    waited_s * 1000,
                     took_s * 1000,
                     self._inline_max_s * 1000,
                 )
 
     def _probe_within(self, rows: int, budget_s: float) -> bool:
-        """Whether a call of `rows` made-up rows costs at most `budget_s` of CPU (the fastest of `PROBE_CALLS`).
+        """Whether a call of `rows` made-up rows costs at most `budget_s` of CPU (the fastest of up to `PROBE_CALLS`).
 
         First an untimed call: a model's first call does one-off work (3 of the 3.2 ms of the
         benchmark's logistic regression), which would make a cheap model look slow. Then one row,
@@ -277,23 +284,26 @@ class LocalModel:
         def over(cpu_s: float, wall_s: float) -> bool:
             return cpu_s > budget_s or wall_s > WALL_FACTOR * budget_s
 
-        probed = 1
+        def fastest(probe: Rows) -> tuple[float, float]:
+            """(CPU, wall) of the fastest of up to `PROBE_CALLS` calls: tried again while over the budget
+            by a little (noise), not once plainly slow (over `WALL_FACTOR` times it in wall time)."""
+            timings = [timed(probe)]
+            while len(timings) < PROBE_CALLS and over(*timings[-1]) and timings[-1][1] <= WALL_FACTOR * budget_s:
+                timings.append(timed(probe))
+            return min(timings)
+
+        one_row = np.zeros((1, self.n_features))
         try:
-            one_row = np.zeros((1, self.n_features))
             self._run(one_row)  # untimed: one-off work
-            cpu_s, wall_s = timed(one_row)
+            probed, (cpu_s, wall_s) = 1, fastest(one_row)
             if not over(cpu_s, wall_s):
-                probed = rows
                 batch = np.linspace(-2.0, 2.0, rows * self.n_features).reshape(rows, self.n_features)
-                timings = [timed(batch)]
-                while len(timings) < PROBE_CALLS and not over(*timings[-1]):  # over: plainly slow, stop
-                    timings.append(timed(batch))
-                cpu_s, wall_s = min(cpu for cpu, _ in timings), min(wall for _, wall in timings)
+                probed, (cpu_s, wall_s) = rows, fastest(batch)
         except PredictionError:
             return False
         inline = not over(cpu_s, wall_s)
         log.info(
-            "model %s: %d rows take %.2f ms of CPU (%.2f ms in all): it runs %s",
+            "model %s: a call of %d row(s) takes %.2f ms of CPU (%.2f ms in all): it runs %s",
             self.path,
             probed,
             cpu_s * 1000,

@@ -144,6 +144,15 @@ def test_a_port_something_listens_on_is_refused_even_to_a_socket_that_could_shar
             free_port_on("127.0.0.1", taken.getsockname()[1])
 
 
+def test_the_parents_claim_refuses_another_gateway_before_its_own_workers_listen() -> None:
+    with bind_reuse_port("127.0.0.1", 0, reuse_address=False) as claim:
+        port = claim.getsockname()[1]
+        with pytest.raises(OSError):
+            free_port_on("127.0.0.1", port)  # what a second gateway checks first
+        with bind_reuse_port("127.0.0.1", port) as worker:  # while this gateway's own workers still join
+            worker.listen()
+
+
 def test_a_second_gateway_on_the_same_port_exits_with_uvicorns_startup_failure(
     two_workers: tuple[ServerProcess, list[int]], tmp_path: Path, redis_url: str
 ) -> None:
