@@ -38,14 +38,19 @@ class SizedThreadReportingModel(ThreadReportingModel):
     n_features_in_ = 1
 
 
+def burn_cpu(seconds: float) -> None:
+    """Compute (not wait) for `seconds` of this thread's CPU time, as a costly model call does."""
+    busy_until = time.thread_time() + seconds
+    while time.thread_time() < busy_until:
+        pass
+
+
 class SlowOnMarkedRowsModel(SizedThreadReportingModel):
     """Cheap on the probe's rows, 50 ms of CPU on a row whose feature is 999 (real rows can cost more)."""
 
     def predict(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
         if (X[:, 0] == 999).any():
-            busy_until = time.thread_time() + 0.05
-            while time.thread_time() < busy_until:
-                pass
+            burn_cpu(0.05)
         return super().predict(X)
 
 
@@ -58,50 +63,31 @@ class SleepsOnMarkedRowsModel(SizedThreadReportingModel):
         return super().predict(X)
 
 
-class SlowThirdCallModel(SizedThreadReportingModel):
-    """5 ms of CPU on its third call (the probe's first whole batch) only: one noisy probe call."""
+class SlowOnOneCallModel(SizedThreadReportingModel):
+    """`seconds` of CPU on its call number `slow_call` only (1: one-off work on the first call; 3: the
+    probe's first whole batch, a noisy call); records each call's row count."""
 
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def predict(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
-        self.calls += 1
-        if self.calls == 3:
-            busy_until = time.thread_time() + 0.005
-            while time.thread_time() < busy_until:
-                pass
-        return super().predict(X)
-
-
-class SlowFirstCallModel(SizedThreadReportingModel):
-    """10 ms of CPU on its first call only, like a model whose first call does one-off work."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def predict(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
-        self.calls += 1
-        if self.calls == 1:
-            busy_until = time.thread_time() + 0.01
-            while time.thread_time() < busy_until:
-                pass
-        return super().predict(X)
-
-
-class CountingSlowModel:
-    """10 ms of CPU per call whatever the rows, and records each call's row count."""
-
-    n_features_in_ = 1
-
-    def __init__(self) -> None:
+    def __init__(self, slow_call: int, seconds: float) -> None:
+        self.slow_call = slow_call
+        self.seconds = seconds
         self.calls: list[int] = []
 
     def predict(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
         self.calls.append(len(X))
-        busy_until = time.thread_time() + 0.01
-        while time.thread_time() < busy_until:
-            pass
-        return np.zeros(len(X), dtype=np.int64)
+        if len(self.calls) == self.slow_call:
+            burn_cpu(self.seconds)
+        return super().predict(X)
+
+
+class SlowOnEveryCallModel(SlowOnOneCallModel):
+    """10 ms of CPU on every call whatever the rows."""
+
+    def __init__(self) -> None:
+        super().__init__(slow_call=0, seconds=0.01)
+
+    def predict(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
+        burn_cpu(self.seconds)
+        return super().predict(X)
 
 
 class SlowModel:
@@ -277,17 +263,17 @@ async def test_either_kind_of_slow_call_on_the_event_loop_moves_the_model_to_a_t
 
 
 def test_one_slow_probe_call_is_tried_again_rather_than_deciding() -> None:
-    estimator = SlowThirdCallModel()
+    estimator = SlowOnOneCallModel(slow_call=3, seconds=0.005)
     assert LocalModel(estimator, Path("noisy.joblib")).inline_rows > 0
-    assert estimator.calls == 4  # untimed, one row, the slow batch call, one more batch call within budget
+    assert estimator.calls == [1, 1, 256, 256]  # untimed, one row, the slow batch call, one more within budget
 
 
 def test_a_models_slow_first_call_does_not_count_against_it() -> None:
-    assert LocalModel(SlowFirstCallModel(), Path("first.joblib")).inline_rows > 0
+    assert LocalModel(SlowOnOneCallModel(slow_call=1, seconds=0.01), Path("first.joblib")).inline_rows > 0
 
 
 def test_a_model_slow_on_one_row_is_not_probed_with_a_whole_batch() -> None:
-    estimator = CountingSlowModel()
+    estimator = SlowOnEveryCallModel()
     model = LocalModel(estimator, Path("slow.joblib"))
     assert model.inline_rows == 0
     assert set(estimator.calls) == {1}  # an untimed call, then one row (tried again: it is only 5x over): no batch
