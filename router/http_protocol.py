@@ -25,49 +25,27 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 FLUSH_BYTES: Final = 64 * 1024
 
 
-class CoalescingTransport(asyncio.Transport):
-    """A transport whose writes of one loop round reach the wrapped transport as one write."""
+class DelegatingTransport(asyncio.Transport):
+    """A transport that hands every call to the one it wraps: the base of transports that change one thing."""
 
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, transport: asyncio.Transport) -> None:
         super().__init__()
         self._transport = transport
-        self._loop = loop
-        self._held: list[bytes] = []
-        self._held_bytes = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not data:
-            return
-        chunk = bytes(data)  # a memoryview's len() counts items, not bytes
-        if not self._held:
-            self._loop.call_soon(self.flush)
-        self._held.append(chunk)
-        self._held_bytes += len(chunk)
-        if self._held_bytes >= FLUSH_BYTES:
-            self.flush()
+        self._transport.write(data)
 
     def writelines(self, list_of_data: Any) -> None:
         for data in list_of_data:
             self.write(data)
 
-    def flush(self) -> None:
-        """Hand what is held to the wrapped transport (a no-op when nothing is, or it is closing)."""
-        held, self._held, self._held_bytes = self._held, [], 0
-        if held and not self._transport.is_closing():
-            self._transport.write(held[0] if len(held) == 1 else b"".join(held))
-
     def close(self) -> None:
-        try:
-            self.flush()
-        finally:  # closed even if the write failed: a connection must never outlive close()
-            self._transport.close()
+        self._transport.close()
 
     def abort(self) -> None:
-        self._held, self._held_bytes = [], 0
         self._transport.abort()
 
     def write_eof(self) -> None:
-        self.flush()
         self._transport.write_eof()
 
     def can_write_eof(self) -> bool:
@@ -95,13 +73,57 @@ class CoalescingTransport(asyncio.Transport):
         return self._transport.get_protocol()
 
     def get_write_buffer_size(self) -> int:
-        return self._held_bytes + self._transport.get_write_buffer_size()
+        return self._transport.get_write_buffer_size()
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
         return self._transport.get_write_buffer_limits()
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         self._transport.set_write_buffer_limits(high, low)
+
+
+class CoalescingTransport(DelegatingTransport):
+    """A transport whose writes of one loop round reach the wrapped transport as one write."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(transport)
+        self._loop = loop
+        self._held: list[bytes] = []
+        self._held_bytes = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not data:
+            return
+        chunk = bytes(data)  # a memoryview's len() counts items, not bytes
+        if not self._held:
+            self._loop.call_soon(self.flush)
+        self._held.append(chunk)
+        self._held_bytes += len(chunk)
+        if self._held_bytes >= FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand what is held to the wrapped transport (a no-op when nothing is, or it is closing)."""
+        held, self._held, self._held_bytes = self._held, [], 0
+        if held and not self._transport.is_closing():
+            self._transport.write(held[0] if len(held) == 1 else b"".join(held))
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:  # closed even if the write failed: a connection must never outlive close()
+            self._transport.close()
+
+    def abort(self) -> None:
+        self._held, self._held_bytes = [], 0
+        self._transport.abort()
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+    def get_write_buffer_size(self) -> int:
+        return self._held_bytes + self._transport.get_write_buffer_size()
 
 
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):

@@ -87,8 +87,8 @@ class Settings(BaseSettings):
     local_inline_max_ms: float = Field(
         default=2.0,
         ge=0,
-        description="a local model whose largest batch takes at most this long (probed at load) runs on the "
-        "event loop instead of a worker thread; 0: always a worker thread",
+        description="a local model whose largest batch costs at most this much CPU (probed at load) runs on "
+        "the event loop instead of a worker thread; 0: always a worker thread",
     )
     shadow_max_in_flight: int = Field(
         default=64, ge=0, description="mirrored (shadow) calls in flight per process; past it they are dropped"

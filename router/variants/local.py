@@ -3,12 +3,12 @@
 Loading unpickles the file, which can run code: model paths come from operators' configs, never
 from callers. Concurrent calls are micro-batched (router/variants/batching.py).
 
-Where a model call runs is measured once, at load. A model whose largest batch takes at most
-`inline_max_s` of CPU (ABROUTER_LOCAL_INLINE_MAX_MS) runs on the event loop: most of a small model's call
-is Python holding the GIL, so a worker thread bought no parallelism and its hand-offs cost more
-than the model (docs/performance.md, item 19). A slower model, a call with more rows than the
-probe, and a model that cannot be probed run in a worker thread (`anyio.to_thread`), so they never
-stall the event loop that serves every other request for long.
+Where a model call runs is measured once, at load. A model whose largest batch costs at most
+`inline_max_s` of CPU (ABROUTER_LOCAL_INLINE_MAX_MS) runs on the event loop: most of a small
+model's call is Python holding the GIL, so a worker thread bought no parallelism and its hand-offs
+cost more than the model (docs/performance.md, item 19). A slower model, a call with more rows
+than the probe, and a model that cannot be probed run in a worker thread (`anyio.to_thread`), so
+they never stall the event loop that serves every other request for long.
 """
 
 from __future__ import annotations

@@ -12,43 +12,29 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import uvicorn
 import uvloop
 from starlette.types import Receive, Scope, Send
 
-from router.http_protocol import FLUSH_BYTES, CoalescingHttpToolsProtocol, CoalescingTransport
+from router.http_protocol import FLUSH_BYTES, CoalescingHttpToolsProtocol, CoalescingTransport, DelegatingTransport
 from router.store.embedded import free_port
 from tests.e2e.conftest import write_config
 from tests.e2e.test_serve import canary
 from tests.fixtures.servers import ServerProcess, gateway, uvicorn_in_thread
 
 
-class CountingTransport(asyncio.Transport):
+class CountingTransport(DelegatingTransport):
     """A real uvloop transport whose writes are counted on their way through."""
 
     def __init__(self, transport: asyncio.Transport) -> None:
-        super().__init__()
-        self.inner = transport
+        super().__init__(transport)
         self.writes: list[bytes] = []
 
-    def write(self, data: Any) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         self.writes.append(bytes(data))
-        self.inner.write(data)
-
-    def is_closing(self) -> bool:
-        return self.inner.is_closing()
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def abort(self) -> None:
-        self.inner.abort()
-
-    def get_write_buffer_size(self) -> int:
-        return self.inner.get_write_buffer_size()
+        super().write(data)
 
 
 Scenario = Callable[[CoalescingTransport, CountingTransport, socket.socket], Awaitable[None]]
