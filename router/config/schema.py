@@ -16,7 +16,15 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Annotated, Any, Final, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 NAME_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 #: weights are relative; a cap keeps their sum finite (1e308 + 1e308 would overflow the ranges)
@@ -134,6 +142,9 @@ class Rollout(_Model):
     min_units: int = Field(default=500, ge=0)
     gates: list[Gate] = Field(default_factory=list)
     on_failure: Literal["rollback", "pause"] = "rollback"
+    # fixed: each look's 95% interval, as the report's ci_low/ci_high; sequential: the report's
+    # always-valid intervals, so that many looks keep the 5% (router/rollout/gates.py)
+    intervals: Literal["fixed", "sequential"] = "fixed"
 
     @field_validator("steps")
     @classmethod
@@ -141,6 +152,18 @@ class Rollout(_Model):
         if any(b <= a for a, b in itertools.pairwise(steps)):
             raise ValueError(f"must be strictly increasing, got {steps}")
         return steps
+
+    @model_serializer(mode="wrap")
+    def _without_new_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leave out fields added since 0.1 while they hold their default.
+
+        Stored configs are read by every replica, and replicas of an earlier release reject
+        unknown keys: during a rolling upgrade they could not read a config this one wrote.
+        """
+        data: dict[str, Any] = handler(self)
+        if self.intervals == "fixed":
+            data.pop("intervals", None)
+        return data
 
 
 class Namespace(_Model):

@@ -150,6 +150,19 @@ def sequential_rho(alpha: float = ALPHA, tuning_n: float = SEQUENTIAL_TUNING_N) 
     return math.sqrt((-2.0 * math.log(alpha) + math.log(1.0 - 2.0 * math.log(alpha))) / tuning_n)
 
 
+def sequential_multiplier(
+    n_total: npt.ArrayLike, alpha: float = ALPHA, tuning_n: float = SEQUENTIAL_TUNING_N
+) -> FloatArray:
+    """The confidence sequence's halfwidth in standard errors after `n_total` observations.
+
+    The always-valid counterpart of a normal quantile: an interval of the estimate plus or minus
+    this many standard errors covers the true value at every look at once, with 1 - alpha.
+    """
+    rho2_n = sequential_rho(alpha, tuning_n) ** 2 * np.asarray(n_total, dtype=np.float64)
+    multiplier: FloatArray = np.sqrt((rho2_n + 1.0) / rho2_n * np.log((rho2_n + 1.0) / alpha**2))
+    return multiplier
+
+
 def welch_dof(control: Moments, treatment: Moments) -> FloatArray:
     """Welch-Satterthwaite degrees of freedom on the raw arm variances (used for both scales)."""
     a = control.variance / control.n
@@ -194,7 +207,7 @@ def infer(
     chance = special.ndtr(t)
     # gbstats' asymptotic confidence sequence (Waudby-Smith et al. 2023): valid at every look.
     rho2_n = sequential_rho(alpha, tuning_n) ** 2 * n_
-    halfwidth = se_ * np.sqrt((rho2_n + 1.0) / rho2_n * np.log((rho2_n + 1.0) / alpha**2))
+    halfwidth = se_ * sequential_multiplier(n_, alpha, tuning_n)
     log_e = rho2_n * t**2 / (2.0 * (rho2_n + 1.0)) - 0.5 * np.log(rho2_n + 1.0)
     return Inference(
         estimate=est,

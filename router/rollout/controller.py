@@ -367,10 +367,11 @@ class RolloutController:
         else:
             kinds = {metric.name: metric.kind for metric in experiment.metrics}
             step_control, step_canary = since_step(state.baseline, control, canary)
+            sequential = rollout.intervals == "sequential"
             results = [
-                evaluate_gate(gate, control, canary, kind=kinds[gate.metric])
+                evaluate_gate(gate, control, canary, kind=kinds[gate.metric], sequential=sequential)
                 if gate.metric in kinds
-                else evaluate_gate(gate, step_control, step_canary, kind=None)
+                else evaluate_gate(gate, step_control, step_canary, kind=None, sequential=sequential)
                 for gate in rollout.gates
             ]
             failed = [result for result in results if result.verdict is Verdict.FAIL]
@@ -552,5 +553,7 @@ def _gate_text(result: GateResult) -> str:
         if result.ci_low is not None and result.ci_high is not None
         else "no estimate"
     )
+    if result.sequential and result.ci_low is not None:
+        interval = f"always-valid {interval}"
     text = f"{result.metric} {result.bound} {result.limit:g}: {interval}"
     return f"{text} ({result.detail})" if result.detail else text

@@ -6,6 +6,11 @@ fails when the whole interval violates the bound (a violation at 95% confidence)
 the whole interval satisfies it (the data rule a violation out), and is inconclusive otherwise,
 so a rollout holds rather than rolls back for lack of data. Declared metrics go through the
 report's own `compare`, so a gate and the report never disagree about the same numbers.
+
+With `sequential`, every interval is the always-valid one (the report's confidence sequence,
+`sequential_multiplier` standard errors wide instead of a normal quantile): a controller looks
+at every interval of a rollout, and fixed-sample intervals would fail a canary as good as
+control at some look far more often than alpha.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from statistics import NormalDist
 from typing import Any, Final, NamedTuple
 
 from router.config.schema import OPERATIONAL_GATE_METRICS, Gate, MetricKind
-from router.reports.stats import ALPHA, compare
+from router.reports.stats import ALPHA, compare, sequential_multiplier
 from router.store.stats import LATENCY_BUCKETS_MS, VariantStats, latency_quantile
 
 ERROR_RATE: Final = "error_rate"
@@ -57,6 +62,7 @@ class GateResult:
     control_n: int  # calls for error_rate and latency (one observation each), units for declared metrics
     canary_n: int
     detail: str | None  # why the gate is inconclusive when there is no estimate
+    sequential: bool = False  # whether the interval is the always-valid one
 
     def to_json(self) -> dict[str, Any]:
         """Every field as plain JSON: enums as their values, infinities and NaN as None."""
@@ -73,14 +79,23 @@ def gate_bound(gate: Gate) -> tuple[Bound, float]:
 
 
 def evaluate_gate(
-    gate: Gate, control: VariantStats, canary: VariantStats, *, kind: MetricKind | None, alpha: float = ALPHA
+    gate: Gate,
+    control: VariantStats,
+    canary: VariantStats,
+    *,
+    kind: MetricKind | None,
+    alpha: float = ALPHA,
+    sequential: bool = False,
 ) -> GateResult:
-    """The verdict of `gate` on `canary` against `control`; `kind` is a declared metric's, None if operational."""
+    """The verdict of `gate` on `canary` against `control`; `kind` is a declared metric's, None if operational.
+
+    `sequential` judges on always-valid intervals (the rollout's `intervals: sequential`).
+    """
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be between 0 and 1, got {alpha}")
     bound, limit = gate_bound(gate)
     if kind is not None:
-        return _declared(gate.metric, kind, bound, limit, control, canary, alpha)
+        return _declared(gate.metric, kind, bound, limit, control, canary, alpha, sequential)
     if gate.metric not in OPERATIONAL_GATE_METRICS:
         raise ValueError(
             f"gate metric {gate.metric!r} is not one of {sorted(OPERATIONAL_GATE_METRICS)} "
@@ -92,8 +107,8 @@ def evaluate_gate(
             "an operational metric takes `max_increase` or `max_ratio`"
         )
     if gate.metric == ERROR_RATE:
-        return _error_rate(bound, limit, control, canary, alpha)
-    return _latency(gate.metric, bound, limit, control, canary, alpha)
+        return _error_rate(bound, limit, control, canary, alpha, sequential)
+    return _latency(gate.metric, bound, limit, control, canary, alpha, sequential)
 
 
 class _Interval(NamedTuple):
@@ -121,7 +136,14 @@ def _z(confidence: float) -> float:
     return NormalDist().inv_cdf(confidence)
 
 
-def _error_rate(bound: Bound, limit: float, control: VariantStats, canary: VariantStats, alpha: float) -> GateResult:
+def _multiplier(n: int, alpha: float, sequential: bool) -> float:
+    """Standard errors each side for a two-sided 1 - alpha interval after `n` observations."""
+    return float(sequential_multiplier(n, alpha)) if sequential else _z(1.0 - alpha / 2.0)
+
+
+def _error_rate(
+    bound: Bound, limit: float, control: VariantStats, canary: VariantStats, alpha: float, sequential: bool
+) -> GateResult:
     x0, n0, x1, n1 = control.errors, control.requests, canary.errors, canary.requests
     rates = (x0 / n0 if n0 > 0 else None, x1 / n1 if n1 > 0 else None)
     problem = _calls_problem(control, canary)
@@ -129,10 +151,10 @@ def _error_rate(bound: Bound, limit: float, control: VariantStats, canary: Varia
         if problem is None and not 0 <= arm.errors <= arm.requests:
             problem = f"the counts of {arm.name!r} cannot be real: {arm.errors} errors in {arm.requests} requests"
     if problem is not None:
-        return _inconclusive(ERROR_RATE, bound, limit, *rates, n0, n1, problem)
-    z = _z(1.0 - alpha / 2.0)
+        return _inconclusive(ERROR_RATE, bound, limit, *rates, n0, n1, problem, sequential)
+    z = _multiplier(n0 + n1, alpha, sequential)
     interval = _agresti_caffo(x0, n0, x1, n1, z) if bound is Bound.MAX_INCREASE else _katz(x0, n0, x1, n1, z)
-    return _result(ERROR_RATE, bound, limit, interval, *rates, n0, n1)
+    return _result(ERROR_RATE, bound, limit, interval, *rates, n0, n1, sequential)
 
 
 def _agresti_caffo(x0: int, n0: int, x1: int, n1: int, z: float) -> _Interval:
@@ -164,22 +186,28 @@ class _Quantile(NamedTuple):
 
 
 def _latency(
-    metric: str, bound: Bound, limit: float, control: VariantStats, canary: VariantStats, alpha: float
+    metric: str,
+    bound: Bound,
+    limit: float,
+    control: VariantStats,
+    canary: VariantStats,
+    alpha: float,
+    sequential: bool,
 ) -> GateResult:
     q = LATENCY_QUANTILES[metric]
-    # Each arm's interval at 1 - alpha/2 (Bonferroni), so both hold together with 1 - alpha.
-    z = _z(1.0 - alpha / 4.0)
     n0, n1 = sum(control.latency_counts), sum(canary.latency_counts)
-    c = _quantile_interval(control.latency_counts, q, z)
-    t = _quantile_interval(canary.latency_counts, q, z)
+    # Each arm's interval at 1 - alpha/2 (Bonferroni), so both hold together with 1 - alpha.
+    c = _quantile_interval(control.latency_counts, q, _multiplier(n0, alpha / 2.0, sequential))
+    t = _quantile_interval(canary.latency_counts, q, _multiplier(n1, alpha / 2.0, sequential))
     values = (c.point if c else None, t.point if t else None)
     if c is None or t is None:
-        return _inconclusive(metric, bound, limit, *values, n0, n1, _calls_problem(control, canary, by_latency=True))
+        problem = _calls_problem(control, canary, by_latency=True)
+        return _inconclusive(metric, bound, limit, *values, n0, n1, problem, sequential)
     if bound is Bound.MAX_INCREASE:
         interval = _Interval(t.point - c.point, t.low - c.high, t.high - c.low)
     else:
         interval = _Interval(_ratio(t.point, c.point), _ratio(t.low, c.high), _ratio(t.high, c.low))
-    return _result(metric, bound, limit, interval, *values, n0, n1)
+    return _result(metric, bound, limit, interval, *values, n0, n1, sequential)
 
 
 def _quantile_interval(counts: Sequence[int], q: float, z: float) -> _Quantile | None:
@@ -221,6 +249,7 @@ def _declared(
     control: VariantStats,
     canary: VariantStats,
     alpha: float,
+    sequential: bool,
 ) -> GateResult:
     comparison = compare(
         control.metric(metric), canary.metric(metric), kind, alpha=alpha, names=(control.name, canary.name)
@@ -229,18 +258,14 @@ def _declared(
     units = (comparison.control.n, comparison.treatment.n)
     if comparison.absolute is None or comparison.relative is None:
         detail = f"{comparison.reason}: {comparison.detail}"
-        return _inconclusive(metric, bound, limit, *means, *units, detail)
-    if bound is Bound.MAX_INCREASE:
-        effect = comparison.absolute
-        interval = _Interval(effect.estimate, effect.ci_low, effect.ci_high)
-    elif bound is Bound.MAX_RATIO:
-        # canary / control = 1 + relative lift, for a positive control mean
-        effect = comparison.relative
-        interval = _Interval(1.0 + effect.estimate, 1.0 + effect.ci_low, 1.0 + effect.ci_high)
+        return _inconclusive(metric, bound, limit, *means, *units, detail, sequential)
+    effect = comparison.absolute if bound is Bound.MAX_INCREASE else comparison.relative
+    low, high = (effect.sequential_ci_low, effect.sequential_ci_high) if sequential else (effect.ci_low, effect.ci_high)
+    if bound is Bound.MAX_RATIO:  # canary / control = 1 + relative lift, for a positive control mean
+        interval = _Interval(1.0 + effect.estimate, 1.0 + low, 1.0 + high)
     else:
-        effect = comparison.relative
-        interval = _Interval(effect.estimate, effect.ci_low, effect.ci_high)
-    return _result(metric, bound, limit, interval, *means, *units)
+        interval = _Interval(effect.estimate, low, high)
+    return _result(metric, bound, limit, interval, *means, *units, sequential)
 
 
 def _calls_problem(control: VariantStats, canary: VariantStats, *, by_latency: bool = False) -> str | None:
@@ -264,6 +289,7 @@ def _result(
     canary: float | None,
     control_n: int,
     canary_n: int,
+    sequential: bool,
 ) -> GateResult:
     return GateResult(
         metric=metric,
@@ -278,6 +304,7 @@ def _result(
         control_n=control_n,
         canary_n=canary_n,
         detail=None,
+        sequential=sequential,
     )
 
 
@@ -290,6 +317,7 @@ def _inconclusive(
     control_n: int,
     canary_n: int,
     detail: str | None,
+    sequential: bool,
 ) -> GateResult:
     return GateResult(
         metric=metric,
@@ -304,6 +332,7 @@ def _inconclusive(
         control_n=control_n,
         canary_n=canary_n,
         detail=detail,
+        sequential=sequential,
     )
 
 

@@ -478,3 +478,26 @@ async def test_error_and_latency_gates_judge_the_calls_of_the_current_step_so_a_
     gate = (await parts["rollouts"].decisions(NAME))[0]["gates"][0]
     assert (gate["control_n"], gate["canary_n"]) == (5000, 5000)  # this step's calls, not all 10 000
     assert gate["verdict"] == "pass"
+
+
+@pytest.mark.parametrize(
+    ("intervals", "expected"),
+    [pytest.param("fixed", "rollback", id="fixed"), pytest.param("sequential", "hold", id="sequential")],
+)
+async def test_sequential_intervals_hold_on_evidence_that_fixed_intervals_roll_back(
+    parts: dict[str, Any], clock: Clock, intervals: str, expected: str
+) -> None:
+    """1% against 2% errors over 5 000 calls each: beyond `max_increase: 0.004` at one look, not at every look."""
+    gates = [{"metric": "error_rate", "max_increase": 0.004}]
+    driver = await started(parts, clock, gates=gates, intervals=intervals)
+    await parts["traffic"].send("current", units=300, requests=5000, errors=50)
+    await parts["traffic"].send("candidate", units=300, requests=5000, errors=100)
+    clock.advance()
+    await driver.drive(NAME)
+
+    last = (await parts["rollouts"].decisions(NAME))[0]
+    gate = last["gates"][0]
+    assert last["decision"] == expected
+    assert gate["sequential"] is (intervals == "sequential")
+    assert (gate["ci_low"] > 0.004) is (intervals == "fixed")
+    assert ("always-valid [" in last["reason"]) is (intervals == "sequential")

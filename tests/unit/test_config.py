@@ -184,6 +184,11 @@ def test_the_example_configs_are_valid() -> None:
             id="rollout-canary-is-control",
         ),
         pytest.param(
+            {"rollout": {"canary": "candidate", "steps": [5, 100], "intervals": "always"}},
+            "experiments[0].rollout.intervals: Input should be 'fixed' or 'sequential'",
+            id="rollout-intervals-unknown",
+        ),
+        pytest.param(
             {"rollout": {"canary": "candidate", "steps": [5, 25, 25, 100]}},
             "experiments[0].rollout.steps: must be strictly increasing, got [5.0, 25.0, 25.0, 100.0]",
             id="rollout-steps-not-increasing",
@@ -276,3 +281,16 @@ def test_a_copied_experiment_derives_its_weights_names_and_seed_from_its_own_fie
     assert copy.weights == (7, 7)
     assert copy.shares == {"current": 0.5, "candidate": 0.5}
     assert original.weights != copy.weights
+
+
+def test_a_rollout_with_default_intervals_is_written_as_an_earlier_release_reads_it() -> None:
+    """Replicas of an earlier release reject unknown keys: a field added later is left out at its default."""
+    plan = {"canary": "candidate", "steps": [5, 100]}
+    fixed = Experiment.model_validate(_experiment(rollout=plan))
+    sequential = Experiment.model_validate(_experiment(rollout={**plan, "intervals": "sequential"}))
+
+    assert fixed.rollout is not None and fixed.rollout.intervals == "fixed"
+    assert "intervals" not in fixed.model_dump(mode="json")["rollout"]
+    assert sequential.model_dump(mode="json")["rollout"]["intervals"] == "sequential"
+    for written in (fixed, sequential):
+        assert Experiment.model_validate_json(written.model_dump_json()) == written

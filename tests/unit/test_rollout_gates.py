@@ -510,6 +510,139 @@ def test_declared_metric_nobody_reported_is_inconclusive() -> None:
     assert (result.control_n, result.canary_n) == (1000, 1000)
 
 
+# -- always-valid intervals (a rollout's `intervals: sequential`) ---------------------------------
+
+
+def confidence_sequence_width(n: int, alpha: float = 0.05, tuning_n: float = 5000.0) -> float:
+    """Standard errors each side of gbstats' asymptotic confidence sequence, from STATS.md's formula."""
+    rho_squared = (-2 * math.log(alpha) + math.log(1 - 2 * math.log(alpha))) / tuning_n
+    x = n * rho_squared
+    return math.sqrt((x + 1) / x * math.log((x + 1) / alpha**2))
+
+
+def test_sequential_error_rate_intervals_use_the_confidence_sequence_over_both_arms_calls() -> None:
+    x0, n0, x1, n1 = 30, 4000, 52, 3500
+    width = confidence_sequence_width(n0 + n1)
+    p0, p1 = (x0 + 1) / (n0 + 2), (x1 + 1) / (n1 + 2)
+    half = width * math.sqrt(p1 * (1 - p1) / (n1 + 2) + p0 * (1 - p0) / (n0 + 2))
+    ratio = ((x1 + 0.5) / (n1 + 0.5)) / ((x0 + 0.5) / (n0 + 0.5))
+    log_se = math.sqrt(1 / (x1 + 0.5) - 1 / (n1 + 0.5) + 1 / (x0 + 0.5) - 1 / (n0 + 0.5))
+    control, canary = calls("a", n0, x0), calls("b", n1, x1)
+
+    increase = evaluate_gate(gate("error_rate", max_increase=0.01), control, canary, kind=None, sequential=True)
+    times = evaluate_gate(gate("error_rate", max_ratio=2.0), control, canary, kind=None, sequential=True)
+
+    assert (increase.ci_low, increase.ci_high) == pytest.approx((p1 - p0 - half, p1 - p0 + half), abs=SAME_FORMULA)
+    assert (times.ci_low, times.ci_high) == pytest.approx(
+        (ratio * math.exp(-width * log_se), ratio * math.exp(width * log_se)), rel=SAME_FORMULA
+    )
+    assert increase.sequential and times.sequential
+    assert width > 1.96 * 1.4  # much wider than a fixed 95% interval at this size
+
+
+def test_sequential_latency_reads_each_arm_at_its_own_always_valid_level() -> None:
+    control = calls("a", 200, latencies_ms=[90] * 50 + [110] * 100 + [140] * 50)
+    canary = calls("b", 300, latencies_ms=[110] * 100 + [140] * 150 + [180] * 50)
+    # each arm at alpha/2 over its own calls (Bonferroni), as the fixed intervals
+    half_c = confidence_sequence_width(200, 0.025) * math.sqrt(0.25 / 200)
+    half_t = confidence_sequence_width(300, 0.025) * math.sqrt(0.25 / 300)
+
+    result = evaluate_gate(gate("latency_p50", max_increase=10.0), control, canary, kind=None, sequential=True)
+
+    assert (result.ci_low, result.ci_high) == pytest.approx(
+        (
+            read(canary, 0.5 - half_t) - read(control, 0.5 + half_c),
+            read(canary, 0.5 + half_t) - read(control, 0.5 - half_c),
+        ),
+        abs=SAME_FORMULA,
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "control", "canary"),
+    [
+        pytest.param(MetricKind.BINOMIAL, conversions("a", 3000, 310), conversions("b", 2800, 270), id="binomial"),
+        pytest.param(MetricKind.MEAN, values("a", 800, 4.2, 3.1), values("b", 900, 4.5, 3.6), id="mean"),
+    ],
+)
+def test_sequential_declared_metric_interval_is_the_reports_always_valid_one(
+    kind: MetricKind, control: VariantStats, canary: VariantStats
+) -> None:
+    (metric,) = control.metrics
+    comparison = compare(control.metrics[metric], canary.metrics[metric], kind)
+    assert comparison.absolute is not None and comparison.relative is not None
+    absolute, relative = comparison.absolute, comparison.relative
+
+    lift = evaluate_gate(gate(metric, no_worse_than=-0.05), control, canary, kind=kind, sequential=True)
+    increase = evaluate_gate(gate(metric, max_increase=0.1), control, canary, kind=kind, sequential=True)
+    ratio = evaluate_gate(gate(metric, max_ratio=1.2), control, canary, kind=kind, sequential=True)
+
+    assert (lift.ci_low, lift.ci_high) == (relative.sequential_ci_low, relative.sequential_ci_high)
+    assert (increase.ci_low, increase.ci_high) == (absolute.sequential_ci_low, absolute.sequential_ci_high)
+    assert (ratio.ci_low, ratio.ci_high) == pytest.approx(
+        (1 + relative.sequential_ci_low, 1 + relative.sequential_ci_high), rel=SAME_FORMULA
+    )
+    assert lift.estimate == relative.estimate and increase.estimate == absolute.estimate
+
+
+def test_an_equal_canary_looked_at_twenty_times_fails_some_look_rarely_only_with_sequential_intervals() -> None:
+    """The reason for `intervals: sequential`: a controller looks at every interval of a rollout.
+
+    Both arms err at 2%; each of 400 simulated rollouts adds 500 calls per arm between looks and
+    is judged 20 times against `max_increase: 0` (the bound at the true difference, the hardest
+    case). A rollout fails once any look fails.
+    """
+    rollouts, looks, calls_per_look = 400, 20, 500
+    errors = np.random.default_rng(20261127).binomial(calls_per_look, 0.02, size=(rollouts, looks, 2)).cumsum(axis=1)
+    the_gate = gate("error_rate", max_increase=0.0)
+
+    def failed_some_look(sequential: bool) -> float:
+        failed = 0
+        for rollout in errors:
+            for look, (x0, x1) in enumerate(rollout, start=1):
+                n = look * calls_per_look
+                arms = calls("a", n, int(x0)), calls("b", n, int(x1))
+                if evaluate_gate(the_gate, *arms, kind=None, sequential=sequential).verdict is FAIL:
+                    failed += 1
+                    break
+        return failed / rollouts
+
+    # One look fails 2.5% of the time (one side of a 95% interval); twenty looks many times that.
+    assert failed_some_look(sequential=False) > 0.06
+    # Always valid: at most 2.5% over all looks together, plus three standard errors of 400 rollouts.
+    assert failed_some_look(sequential=True) <= 0.025 + 3 * math.sqrt(0.025 * 0.975 / rollouts)
+
+
+@pytest.mark.parametrize(
+    ("the_gate", "control", "canary", "kind"),
+    [
+        pytest.param(
+            gate("error_rate", max_increase=0.01), calls("a", 20_000, 200), calls("b", 20_000, 1000), None, id="errors"
+        ),
+        pytest.param(
+            gate("latency_p95", max_ratio=1.25),
+            lognormal_calls("a", 20_000, median_ms=50, seed=1),
+            lognormal_calls("b", 20_000, median_ms=100, seed=2),
+            None,
+            id="latency",
+        ),
+        pytest.param(
+            gate("converted", no_worse_than=-0.02),
+            conversions("a", 20_000, 2000),
+            conversions("b", 20_000, 1400),
+            MetricKind.BINOMIAL,
+            id="declared",
+        ),
+    ],
+)
+def test_sequential_intervals_still_fail_a_clearly_worse_canary(
+    the_gate: Gate, control: VariantStats, canary: VariantStats, kind: MetricKind | None
+) -> None:
+    result = evaluate_gate(the_gate, control, canary, kind=kind, sequential=True)
+
+    assert result.verdict is FAIL and follows_its_interval(result)
+
+
 # -- JSON ----------------------------------------------------------------------------------------
 
 
