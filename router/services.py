@@ -94,8 +94,10 @@ def connect_redis(settings: Settings) -> RedisClient:
         raise StoreUnavailable("no Redis URL: `abrouter serve` starts the embedded one, or set ABROUTER_REDIS_URL")
     # A pooled connection from before a Redis restart fails on first use ("Connection closed by
     # server"); one quick retry on a fresh connection hides that. Only connection errors are
-    # retried: a timeout may mean the command ran, and the writes are not all idempotent.
-    retry = Retry(ExponentialBackoff(cap=0.1, base=0.01), retries=2)
+    # retried: a timeout may mean the command ran, and the writes are not all idempotent (a config
+    # compare-and-set sent twice reports its own write as a conflict). redis-py retries timeouts
+    # too unless told otherwise.
+    retry = Retry(ExponentialBackoff(cap=0.1, base=0.01), retries=2, supported_errors=(redis_errors.ConnectionError,))
     if settings.redis_cluster:
         return RedisCluster.from_url(
             settings.redis_url,
