@@ -673,10 +673,12 @@ class EventWriter:
         last_tally = last_scan = time.monotonic()
         while True:
             now = time.monotonic()
+            # Queued while a batch is retried too: during an outage the counts then reach the
+            # buffer and the spill file like every other event, instead of waiting in memory.
+            if self._tallies and (self._flush_now or now - last_tally >= self._flush_interval_s):
+                self._enqueue_tallies()
+                last_tally = now
             if self._batch is None:
-                if self._tallies and (self._flush_now or now - last_tally >= self._flush_interval_s):
-                    self._enqueue_tallies()
-                    last_tally = now
                 self._flush_now = False
                 if now - last_scan >= _ORPHAN_SCAN_S:
                     self._claim_orphans()

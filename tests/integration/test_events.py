@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import redis.asyncio
 from prometheus_client import CollectorRegistry
@@ -302,12 +303,37 @@ async def test_events_wait_while_redis_is_down_and_are_written_once_it_is_back(
     for i in range(300):
         expose(writer, f"u{i}")
     await asyncio.sleep(0.3)
-    assert writer.pending == 300
+    assert writer.pending == 301  # and the calls event, queued behind them while the batch is retried
     assert writer.store_errors["events"] > 0
     fresh_redis_server.start()
     assert await writer.drain(10)
     assert (await read_stats(outage_client)).variant("a").units == 300
     assert (writer.written, writer.dropped) == (301, 0)  # 300 exposures and one calls event
+
+
+async def test_call_counts_made_during_an_outage_reach_the_spill_file_so_a_crash_keeps_them(
+    fresh_redis_server: RedisServer, outage_client: redis.asyncio.Redis, make_writer: WriterFactory
+) -> None:
+    writer = make_writer(outage_client, buffer_size=1)
+    await writer.start()
+    fresh_redis_server.stop()
+    expose(writer, "u1")  # the head batch, retried while Redis is away
+    await asyncio.sleep(0.1)
+    for _round in range(3):  # returning calls: counts only, queued each flush interval behind the batch
+        for _ in range(10):
+            expose(writer, "u1", status=500)
+        await asyncio.sleep(0.1)
+
+    assert writer.spill_path is not None
+    spilled = [orjson.loads(line) for line in writer.spill_path.read_bytes().splitlines()]
+    calls_events = [line for line in spilled if line[3] == EventKind.CALLS.value]
+    # on disk, as a crash would leave them; the first call's count fills the buffer of one
+    assert sum(int(line[5]) for line in calls_events) == 30
+    assert all(line[6] == line[5] for line in calls_events)  # every one of them an error
+    fresh_redis_server.start()
+    assert await writer.drain(10)
+    a = (await read_stats(outage_client)).variant("a")
+    assert (a.units, a.requests, a.errors, writer.dropped) == (1, 31, 30, 0)
 
 
 async def test_past_the_buffer_events_spill_to_a_file_and_are_replayed_when_redis_is_back(
