@@ -18,6 +18,7 @@ bound socket of the workers' options that never listens and so never takes a con
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import sys
 from typing import Any
@@ -25,6 +26,8 @@ from typing import Any
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
+
+from router.store.embedded import die_with_parent
 
 log = logging.getLogger("uvicorn.error")
 
@@ -73,12 +76,14 @@ class WorkerSockets(list[socket.socket]):
         self.host = host
         self.port = port
 
-    def __reduce__(self) -> tuple[Any, tuple[str, int]]:
+    def __reduce__(self) -> tuple[Any, tuple[str, int, int]]:
         # A worker is a spawned process: its arguments are pickled, and this runs there on unpickling.
-        return _sockets_of_this_worker, (self.host, self.port)
+        return _sockets_of_this_worker, (self.host, self.port, os.getpid())
 
 
-def _sockets_of_this_worker(host: str, port: int) -> list[socket.socket]:
+def _sockets_of_this_worker(host: str, port: int, supervisor: int) -> list[socket.socket]:
+    if os.getpid() != supervisor:  # in a worker (a test may unpickle in the same process)
+        _stop_with(supervisor)
     try:
         return [bind_reuse_port(host, port)]
     except OSError as exc:
@@ -86,6 +91,21 @@ def _sockets_of_this_worker(host: str, port: int) -> list[socket.socket]:
         # so the supervisor stops instead of restarting it in a loop.
         log.error("worker cannot listen on %s:%d: %s", host, port, exc)
         raise SystemExit(STARTUP_FAILURE) from None
+
+
+def _stop_with(supervisor: int) -> None:
+    """Have Linux SIGTERM this worker when the supervisor dies, even by SIGKILL.
+
+    Otherwise the workers would go on serving, their events kept from a Redis that may be gone
+    (the embedded one stops with the supervisor), and hold the port against a restarted gateway.
+    SIGTERM is the graceful stop: queued events are written or spilled.
+    """
+    stop_with_parent = die_with_parent()
+    if stop_with_parent is not None:
+        stop_with_parent()
+    if os.getppid() != supervisor:  # it died before the line above: nothing would signal us any more
+        log.error("the gateway's supervisor (pid %d) is gone: this worker does not start", supervisor)
+        raise SystemExit(STARTUP_FAILURE)
 
 
 def run_workers(config: uvicorn.Config) -> None:

@@ -269,10 +269,11 @@ def _tail(path: Path, lines: int = 20) -> str:
 
 
 def die_with_parent() -> Callable[[], None] | None:
-    """A pre-exec hook asking Linux to SIGTERM the child when its parent dies, even by SIGKILL.
+    """A hook asking Linux to SIGTERM the process that runs it when its parent dies, even by SIGKILL.
 
-    The signal follows the *thread* that forked, so it is only used from the main thread: a
-    worker thread that exits would otherwise take Redis down with it.
+    Run in the child: as a pre-exec hook (Redis), or first thing in a spawned worker. The signal
+    follows the *thread* that forked, so it is only used from the main thread: a worker thread
+    that exits would otherwise take Redis down with it.
     """
     if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
         return None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import socket
 import subprocess
 import sys
@@ -116,6 +117,36 @@ def test_a_burst_of_keep_alive_connections_is_spread_over_both_workers(
     assert sum(per_worker.values()) == CONNECTIONS
     # A hash spreads 64 connections over two sockets: fewer than 8 on one happens about once in 10^10 runs.
     assert min(per_worker.values()) >= 8, per_worker
+
+
+def test_workers_stop_gracefully_when_their_supervisor_is_killed(tmp_path: Path, redis_url: str) -> None:
+    """Without this they would go on serving with nobody to restart or stop them, and hold the port."""
+    server = gateway(tmp_path, redis_url=redis_url, workers=2).start()
+    assert server.process is not None
+    deadline = time.monotonic() + 30
+    while len(workers := worker_pids(server.process.pid)) < 2:
+        assert time.monotonic() < deadline, "two workers did not start within 30 s"
+        time.sleep(0.1)
+    server.process.kill()
+    server.process.wait(timeout=10)
+
+    deadline = time.monotonic() + 15
+    while alive := [pid for pid in workers if Path(f"/proc/{pid}").exists() and not zombie(pid)]:
+        if time.monotonic() > deadline:
+            for pid in alive:
+                os.kill(pid, signal.SIGKILL)
+            pytest.fail(f"workers {alive} still running 15 s after their supervisor was killed")
+        time.sleep(0.1)
+    with socket.socket() as probe:  # and the port is free for a restarted gateway
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", server.port))
+
+
+def zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
 
 
 def test_a_worker_unpickles_a_new_socket_on_the_claimed_port() -> None:
