@@ -47,6 +47,12 @@ class ConfigSync:
                 honour_cancellation()
                 self._live.lost_store(exc.message)
                 await asyncio.sleep(min(self._interval_s, RECONNECT_S))
+            except Exception:
+                # A bug or an unforeseen store reply must not end config updates for the life of
+                # the process while it goes on serving (and saying it is ready): log, and go on.
+                honour_cancellation()
+                log.exception("config refresh failed; retrying")
+                await asyncio.sleep(min(self._interval_s, RECONNECT_S))
 
     async def _refresh(self) -> None:
         try:

@@ -6,7 +6,7 @@ handler as ``{"error": {"code", "message", "details"}}`` and the class's HTTP st
 
     RouterError
       ConfigError        InvalidConfig (422) · UnknownExperiment (404) · VersionConflict (412)
-                         PreconditionRequired (428) · UnknownVersion (422)
+                         PreconditionRequired (428) · UnknownVersion (422) · UnreadableConfig (503)
       RequestError       MissingUnit (400) · InvalidPayload (422) · PayloadTooLarge (413)
       AuthError          Unauthorized (401)
       UpstreamError      UpstreamTimeout (504) · UpstreamUnavailable (502)
@@ -70,6 +70,13 @@ class PreconditionRequired(ConfigError):
 
     status_code = 428
     code = "precondition_required"
+
+
+class UnreadableConfig(ConfigError):
+    """A stored config this process cannot parse: most likely written by a newer release (a rolling upgrade)."""
+
+    status_code = 503
+    code = "config_unreadable"
 
 
 class UnknownVersion(ConfigError):

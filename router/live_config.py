@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from router.config.schema import Experiment
-from router.errors import ModelLoadError, StoreUnavailable, UnknownExperiment
+from router.errors import ModelLoadError, StoreUnavailable, UnknownExperiment, UnreadableConfig
 from router.metrics import Metrics, StoreOperation
 from router.proxy import UpstreamClient
 from router.store.configs import ConfigStore, StoredExperiment
@@ -82,7 +82,12 @@ class LiveConfig:
                 for name, version in versions.items()
                 if self._version_of(name) != version and self._rejected_versions.get(name) != version
             ]
-            loaded = [await self._store.get(name) for name in changed]
+            loaded = []
+            for name in changed:
+                try:
+                    loaded.append(await self._store.get(name))
+                except UnreadableConfig as exc:  # one experiment's: the others are still applied
+                    self._reject(name, versions[name], exc.message)
         except StoreUnavailable as exc:
             self.lost_store(exc.message)
             raise
@@ -127,6 +132,13 @@ class LiveConfig:
         active = self._active.get(name)
         return active.version if active is not None else None
 
+    def _reject(self, name: str, version: int, why: str) -> None:
+        """Keep the version in force (if any) and say why the newest one is not (readyz)."""
+        log.error("experiment %s version %d not applied: %s", name, version, why)
+        self.rejected[name] = f"version {version}: {why}"
+        # not retried (and not logged again) every second: only a newer version is tried
+        self._rejected_versions[name] = version
+
     async def _activate(self, stored: StoredExperiment, *, strict: bool) -> None:
         name = stored.experiment.name
         try:
@@ -134,10 +146,7 @@ class LiveConfig:
         except ModelLoadError as exc:
             if strict:
                 raise
-            log.error("experiment %s version %d not applied: %s", name, stored.version, exc.message)
-            self.rejected[name] = f"version {stored.version}: {exc.message}"
-            # not retried (and not logged again) every second: only a newer version is tried
-            self._rejected_versions[name] = stored.version
+            self._reject(name, stored.version, exc.message)
             return
         self.rejected.pop(name, None)
         self._rejected_versions.pop(name, None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -19,10 +19,12 @@ from typing import Any, Final
 import redis.asyncio
 import redis.asyncio.client
 import redis.exceptions
+from pydantic import ValidationError
 from redis.asyncio.cluster import RedisCluster
 
+from router.config.loader import describe_validation_error
 from router.config.schema import Experiment
-from router.errors import StoreUnavailable, UnknownExperiment, UnknownVersion, VersionConflict
+from router.errors import StoreUnavailable, UnknownExperiment, UnknownVersion, UnreadableConfig, VersionConflict
 from router.store.client import RedisClient
 from router.store.keys import Keys
 
@@ -176,11 +178,18 @@ class ConfigStore:
         )
 
     async def rollback(
-        self, name: str, *, actor: str, to_version: int | None = None, expected_version: int | None = None
+        self,
+        name: str,
+        *,
+        actor: str,
+        to_version: int | None = None,
+        expected_version: int | None = None,
+        check: Callable[[Experiment], Awaitable[None]] | None = None,
     ) -> StoredExperiment:
         """Write the config of an earlier version (default: the one before the current) as a new version.
 
-        Like an identical `put`, it is a no-op when that config is the one in force.
+        Like an identical `put`, it is a no-op when that config is the one in force. `check` sees
+        the earlier config before it is written and raises to refuse it, as a `put` is checked.
         """
         current = await self._read(name)
         if current is None or current.archived:
@@ -190,6 +199,8 @@ class ConfigStore:
         target = await self._version(name, current.version - 1 if to_version is None else to_version, current)
         if _same_config(current.experiment, target.experiment):
             return current
+        if check is not None:
+            await check(target.experiment)
         change = _joined(
             f"rolled back to version {target.version}", describe_change(current.experiment, target.experiment)
         )
@@ -412,9 +423,10 @@ def _unknown(name: str, stored: StoredExperiment | None) -> UnknownExperiment:
 
 def _from_hash(row: Mapping[bytes | str, bytes | str]) -> StoredExperiment:
     fields = {_text(k): _text(v) for k, v in row.items()}
+    version = int(fields["version"])
     return StoredExperiment(
-        experiment=Experiment.model_validate_json(fields["config"]),
-        version=int(fields["version"]),
+        experiment=_stored_experiment(json.loads(fields["config"]), version),
+        version=version,
         updated_at=fields["updated_at"],
         updated_by=fields["updated_by"],
         archived=fields.get("archived") == "1",
@@ -422,11 +434,31 @@ def _from_hash(row: Mapping[bytes | str, bytes | str]) -> StoredExperiment:
     )
 
 
+def _stored_experiment(config: Any, version: int) -> Experiment:
+    """A stored config as an `Experiment`; `UnreadableConfig` when this release cannot read it.
+
+    Every config was valid when it was written, so one that does not parse now was written by
+    another release: a newer one with fields this one does not know, during a rolling upgrade.
+    """
+    try:
+        return Experiment.model_validate(config)
+    except ValidationError as exc:
+        name = config.get("name") if isinstance(config, dict) else None
+        problems = describe_validation_error(exc)
+        raise UnreadableConfig(
+            f"the stored config of experiment {name!r} (version {version}) cannot be read by this gateway "
+            f"({problems[0] if problems else exc}); it was probably written by a newer release of abrouter: "
+            "upgrade this replica",
+            details=[{"experiment": name, "version": version, "problems": problems}],
+        ) from None
+
+
 def _from_history_entry(raw: bytes | str) -> StoredExperiment:
     entry = json.loads(raw)
+    version = int(entry["version"])
     return StoredExperiment(
-        experiment=Experiment.model_validate(entry["config"]),
-        version=int(entry["version"]),
+        experiment=_stored_experiment(entry["config"], version),
+        version=version,
         updated_at=entry["updated_at"],
         updated_by=entry["updated_by"],
         archived=bool(entry.get("archived", False)),

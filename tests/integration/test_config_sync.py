@@ -7,13 +7,16 @@ second client, as another replica would.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import redis.asyncio
 
 from router.config.schema import Experiment
+from router.errors import UnreadableConfig
 from router.services import Services, open_services
 from router.settings import Settings
 from router.store.configs import ConfigStore
@@ -110,3 +113,31 @@ async def test_a_replica_that_loses_redis_keeps_its_config_says_it_is_stale_and_
             await ConfigStore(client, keys=Keys()).put(experiment(25), actor="alice", expected_version=1)
         await eventually(lambda: not services.live.stale and version_in_force(services) == 2, within_s=10.0)
         assert stale_gauge(services) == 0
+
+
+async def test_a_config_written_by_a_newer_release_is_rejected_alone_and_updates_go_on(
+    redis_client: redis.asyncio.Redis, redis_url: str
+) -> None:
+    """During a rolling upgrade a newer replica may store fields this release rejects (unknown keys)."""
+    editor = ConfigStore(redis_client, keys=Keys())
+    await editor.put(experiment(), actor="alice", expected_version=None)
+    await editor.put(experiment().model_copy(update={"name": "beta"}), actor="alice", expected_version=None)
+    newer = {**experiment().model_copy(update={"name": "beta"}).model_dump(mode="json"), "owner": "team-b"}
+    async with open_services(settings(redis_url, config_refresh_s=0.2)) as services:
+        await asyncio.sleep(0.2)
+        await redis_client.hset(Keys().config("beta"), mapping={"version": "2", "config": json.dumps(newer)})
+        await eventually(lambda: "beta" in services.live.rejected, within_s=2.0)
+        await editor.put(experiment(25), actor="alice", expected_version=1)
+
+        await eventually(lambda: version_in_force(services) == 2, within_s=2.0)
+        assert services.live.get("beta").version == 1  # the version it could read stays in force
+        assert (
+            "version 2: the stored config of experiment 'beta' (version 2) cannot be read"
+            in (services.live.rejected["beta"])
+        )
+        assert "owner" in services.live.rejected["beta"]
+        with pytest.raises(UnreadableConfig) as unreadable:
+            await editor.get("beta")
+        assert unreadable.value.status_code == 503
+        problems = ["owner: is not a known field"]
+        assert unreadable.value.details == [{"experiment": "beta", "version": 2, "problems": problems}]
