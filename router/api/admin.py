@@ -251,11 +251,17 @@ async def promote_experiment(request: Request) -> Response:
 async def rollback_experiment(request: Request) -> Response:
     """Write an earlier version's config (default: the previous version) as a new version."""
     rollback = validated(Rollback, await json_object(request, empty={}))
+    services = request.app.state.services
+
+    async def loads_its_models(experiment: Experiment) -> None:
+        await check_local_models(services, experiment)  # its model files may be gone since
+
     stored = await _store(request).rollback(
         request.path_params["name"],
         actor=actor_of(request),
         to_version=rollback.to_version,
         expected_version=await if_match(request),
+        check=loads_its_models,
     )
     return stored_response(stored)
 

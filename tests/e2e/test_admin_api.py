@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import shutil
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -184,6 +185,30 @@ async def test_a_config_whose_local_model_cannot_load_answers_422_naming_the_fil
     assert response.status_code == 422
     assert response.json()["error"]["details"] == [f"variants[1].model: model file {missing} does not exist"]
     assert (await api.get("/v1/experiments/churn", headers=ALICE)).status_code == 404
+
+
+async def test_a_rollback_to_a_config_whose_model_file_is_gone_answers_422_and_writes_nothing(
+    api: httpx2.AsyncClient, tmp_path: Path, trained_models: dict[str, Path]
+) -> None:
+    model = tmp_path / "candidate.joblib"
+    shutil.copy(next(iter(trained_models.values())), model)
+    with_model = {
+        "control": "current",
+        "variants": [
+            {"name": "current", "weight": 1, "url": f"{UPSTREAM}/current"},
+            {"name": "candidate", "weight": 1, "model": str(model)},
+        ],
+    }
+    assert (await api.put("/v1/experiments/churn", json=with_model, headers=ALICE)).status_code in (200, 201)
+    response = await api.put("/v1/experiments/churn", json=config(), headers={**ALICE, **if_match(1)})
+    assert response.status_code == 200
+    model.unlink()  # the file version 1 served is deleted since
+
+    response = await api.post("/v1/experiments/churn/rollback", json={"to_version": 1}, headers=ALICE)
+
+    assert response.status_code == 422
+    assert response.json()["error"]["details"] == [f"variants[1].model: model file {model} does not exist"]
+    assert (await api.get("/v1/experiments/churn", headers=ALICE)).json()["version"] == 2
 
 
 @pytest.mark.parametrize(
