@@ -26,6 +26,7 @@ from router.reports.report import build_report
 from router.reports.stats import sequential_srm_p_value, srm_log_bayes_factor
 from router.services import Services
 from router.store.configs import StoredExperiment
+from router.store.srm import shares_window
 from router.store.stats import LATENCY_BUCKETS_MS
 
 
@@ -62,7 +63,9 @@ async def experiment_report(services: Services, name: str) -> Report:
     variants = [v.name for v in experiment.variants]
     metrics = [m.name for m in experiment.metrics]
     stats = await services.stats.read(name, variants=variants, metrics=metrics)
-    running_min = await _srm_look(services, experiment, [stats.variant(v).units for v in variants], stored.version)
+    since = shares_window(await services.store.history(name))
+    srm_units = {v: stats.variant(v).units if since is None else stats.variant(v).units_since(since) for v in variants}
+    running_min = await _srm_look(services, experiment, list(srm_units.values()), stored.version)
     return build_report(
         experiment,
         config_version=stored.version,
@@ -71,6 +74,8 @@ async def experiment_report(services: Services, name: str) -> Report:
         metrics={m: {v: stats.variant(v).metric(m) for v in variants} for m in metrics},
         latency_bounds_ms=LATENCY_BUCKETS_MS,
         srm_running_min=running_min,
+        srm_units=srm_units,
+        srm_since_version=since,
     )
 
 

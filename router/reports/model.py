@@ -31,6 +31,7 @@ class SrmReport(TypedDict):
     sequential_p_value: float | None  # Optimizely's ssrm, the running minimum over looks when given
     expected_shares: dict[str, float]
     units: dict[str, int]
+    since_version: int | None  # `units` were first exposed since this config version, the current shares'; None: all
     message: str
 
 

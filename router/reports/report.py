@@ -65,13 +65,17 @@ def build_report(
     metrics: Mapping[str, Mapping[str, SufficientStats]],
     latency_bounds_ms: Sequence[float] = (),
     srm_running_min: float | None = None,
+    srm_units: Mapping[str, int] | None = None,
+    srm_since_version: int | None = None,
     alpha: float = ALPHA,
 ) -> Report:
     """The report of `experiment`: SRM first, then operations per variant, then every declared metric.
 
     A variant missing from `operations` had no traffic; one missing from a metric's mapping had
     no outcome yet, so all its exposed units count as 0. `srm_running_min` is the sequential SRM
-    p-value of the previous look, when the caller keeps it.
+    p-value of the previous look, when the caller keeps it. `srm_units` are the units the SRM
+    check counts when not all of them: those first exposed since config version `srm_since_version`,
+    when the shares in force took effect.
     """
     counts: dict[str, VariantCounts] = {
         v.name: operations.get(v.name, VariantOperations()) for v in experiment.variants
@@ -85,7 +89,7 @@ def build_report(
         generated_at=_timestamp(generated_at),
         alpha=alpha,
         total_units=total_units,
-        srm=_srm(experiment, counts, srm_running_min),
+        srm=_srm(experiment, counts, srm_running_min, srm_units, srm_since_version),
         variants=[_variant(experiment, name, c, total_units, latency_bounds_ms) for name, c in counts.items()],
         metrics=[_metric(experiment, m, counts, metrics.get(m.name, {}), alpha) for m in experiment.metrics],
     )
@@ -97,9 +101,15 @@ def _timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _srm(experiment: Experiment, counts: Mapping[str, VariantCounts], running_min: float | None) -> SrmReport:
+def _srm(
+    experiment: Experiment,
+    counts: Mapping[str, VariantCounts],
+    running_min: float | None,
+    window_units: Mapping[str, int] | None,
+    since_version: int | None,
+) -> SrmReport:
     names = list(counts)
-    units = [counts[name].units for name in names]
+    units = [counts[name].units if window_units is None else window_units.get(name, 0) for name in names]
     weights = list(experiment.weights)
     chi = srm_chi_square(units, weights)
     sequential = sequential_srm_p_value(units, weights, running_min=1.0 if running_min is None else running_min)
@@ -113,6 +123,7 @@ def _srm(experiment: Experiment, counts: Mapping[str, VariantCounts], running_mi
         sequential_p_value=sequential if chi is not None else None,
         expected_shares=dict(experiment.shares),
         units=dict(zip(names, units, strict=True)),
+        since_version=since_version,
         message="",
     )
     report["message"] = _srm_message(report)
@@ -120,15 +131,21 @@ def _srm(experiment: Experiment, counts: Mapping[str, VariantCounts], running_mi
 
 
 def _srm_message(srm: SrmReport) -> str:
+    since = srm["since_version"]
+    window = (
+        ""
+        if since is None
+        else f" Checked: the units first exposed since version {since}, when these weights took effect."
+    )
     if srm["p_value"] is None:
-        return "Not enough exposed units in weighted variants to check the split yet."
+        return "Not enough exposed units in weighted variants to check the split yet." + window
     if not srm["passed"]:
         return (
             f"The units per variant differ from the configured weights (chi-square p = {srm['p_value']:.2g} "
             f"< {srm['threshold']:g}): results are not trustworthy until the cause is found "
-            "(assignment, redirects, filtering or lost exposure events)."
+            "(assignment, redirects, filtering or lost exposure events)." + window
         )
-    return f"The split of units matches the configured weights (chi-square p = {srm['p_value']:.2g})."
+    return f"The split of units matches the configured weights (chi-square p = {srm['p_value']:.2g})." + window
 
 
 def _variant(

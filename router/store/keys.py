@@ -19,7 +19,9 @@ key                            type         holds
 ``abr:{NAME}:exposed``         hash         unit id -> variant of its first exposure; also the
                                             sticky record and the attribution of outcomes
 ``abr:{NAME}:stats``           hash         sufficient statistics, one field per variant and
-                                            figure (``VARIANT:units``, ``VARIANT:requests``,
+                                            figure (``VARIANT:units``, ``VARIANT:units:vVERSION``
+                                            (first exposed under that config version),
+                                            ``VARIANT:requests``,
                                             ``VARIANT:errors``, ``VARIANT:latency:BUCKET``,
                                             ``VARIANT:metric:METRIC:sum|sum_squares|outcomes``,
                                             ``*:unattributed:METRIC``, ``*:overflow:METRIC``); see

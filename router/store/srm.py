@@ -12,11 +12,12 @@ after a weight change the running minimum of the old shares says nothing and a n
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
 from router.store.client import RedisClient, translate_errors
+from router.store.configs import StoredExperiment
 from router.store.keys import Keys
 
 # KEYS: the srm hash. ARGV: the shares' signature, this look's p-value, config version, time (ms).
@@ -55,6 +56,22 @@ def shares_signature(shares: Mapping[str, float]) -> str:
     if not total > 0:
         raise ValueError(f"shares must sum to more than 0, got {dict(shares)}")
     return ",".join(f"{name}={weight / total:.12g}" for name, weight in shares.items())
+
+
+def shares_window(history: Sequence[StoredExperiment]) -> int | None:
+    """The first config version of the latest run of versions with today's shares; None when that is all of them.
+
+    The SRM check compares exposed units with the shares in force. Units exposed under other shares
+    (a canary's earlier steps, a re-weighting) would make a fair split fail it, so only the units
+    first exposed since the shares took effect are checked (`VariantStats.units_since`).
+    """
+    if not history:
+        return None
+    current = shares_signature(history[-1].experiment.shares)
+    start = len(history) - 1
+    while start > 0 and shares_signature(history[start - 1].experiment.shares) == current:
+        start -= 1
+    return None if start == 0 else history[start].version
 
 
 class SrmLooks:

@@ -218,6 +218,7 @@ local function claim(unit, variant)
 end
 local last = tonumber(redis.call('HGET', writers, writer)) or 0
 local units = {}  -- variant -> first exposures: one HINCRBY each at the end
+local units_by_version = {}  -- 'VARIANT:units:vVERSION' -> first exposures under that config version
 local added = 0
 local results = {}
 i, n = 1, 0
@@ -231,6 +232,8 @@ while i <= size do
     local unit, variant = a[e + 3], a[e + 4]
     if redis.call('HSETNX', exposed, unit, variant) == 1 then
       units[variant] = (units[variant] or 0) + 1
+      local by_version = variant .. ':units:v' .. a[e + 5]
+      units_by_version[by_version] = (units_by_version[by_version] or 0) + 1
       added = added + 1
       redis.call('XADD', stream, '*', 'type', 'exposure', 'unit', unit, 'variant', variant, 'version', a[e + 5],
                  'reason', a[e + 6], 'at_ms', a[e + 7], 'status', a[e + 8], 'latency_ms', a[e + 9])
@@ -280,6 +283,9 @@ for variant, count in pairs(units) do
   counts[#counts + 1] = variant
   counts[#counts + 1] = count
 end
+for field, count in pairs(units_by_version) do
+  redis.call('HINCRBY', stats, field, count)
+end
 -- Trimmed after the batch rather than by each XADD (fewer arguments each): `~` removes the same whole
 -- nodes either way; up to one XTRIM per entry added, as each XADD could, each bounded by its default LIMIT.
 for _ = 1, added do
@@ -323,6 +329,12 @@ class VariantStats:
     errors: int = 0
     latency_counts: tuple[int, ...] = (0,) * (len(LATENCY_BUCKETS_MS) + 1)
     metrics: Mapping[str, MetricTotals] = field(default_factory=dict)
+    # config version -> units first exposed under it (counted since 0.2: earlier units are only in `units`)
+    units_by_version: Mapping[int, int] = field(default_factory=dict)
+
+    def units_since(self, version: int) -> int:
+        """Units first exposed under config version `version` or a later one."""
+        return sum(count for exposed_under, count in self.units_by_version.items() if exposed_under >= version)
 
     def metric(self, name: str) -> MetricTotals:
         """The totals of `name`; an arm without outcomes has n units of value 0."""
@@ -430,6 +442,7 @@ def parse_stats(
 ) -> ExperimentStats:
     """The stats hash as typed values; field names are documented in `router.store.keys`."""
     counters: dict[str, dict[str, int]] = {name: {} for name in variants}
+    by_version: dict[str, dict[int, int]] = {}
     latency: dict[str, list[int]] = {}
     sums: dict[str, dict[str, dict[str, float]]] = {}
     unattributed: dict[str, int] = {}
@@ -452,6 +465,9 @@ def parse_stats(
         elif kind == "metric":
             metric, _, figure = detail.partition(":")
             sums.setdefault(variant, {}).setdefault(metric, {})[figure] = float(value)
+        elif kind == "units" and detail:  # VARIANT:units:vVERSION
+            if detail.startswith("v") and detail[1:].isdigit():
+                by_version.setdefault(variant, {})[int(detail[1:])] = int(value)
         elif kind in ("units", "requests", "errors"):
             counters[variant][kind] = int(value)
     result: dict[str, VariantStats] = {}
@@ -474,6 +490,7 @@ def parse_stats(
             errors=counts.get("errors", 0),
             latency_counts=tuple(latency.get(variant, [0] * (len(LATENCY_BUCKETS_MS) + 1))),
             metrics=totals,
+            units_by_version=by_version.get(variant, {}),
         )
     for metric in metrics:
         unattributed.setdefault(metric, 0)

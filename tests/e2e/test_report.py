@@ -29,6 +29,7 @@ from starlette.testclient import TestClient
 from router.app import create_app
 from router.assignment.hashing import gb_hash
 from router.config.schema import Experiment
+from router.reports.stats import srm_chi_square
 from router.settings import Settings
 from router.store.keys import Keys
 from tests.e2e.conftest import GatewayFactory, experiment, store_experiments
@@ -315,3 +316,39 @@ def test_the_sequential_srm_p_value_keeps_its_running_minimum_across_reports(
         stored = client.hgetall(Keys().srm("looks"))
     assert float(stored[b"p_value"]) == first["sequential_p_value"]
     assert stored[b"looks"] == b"2"
+
+
+def units_below(share: float, count: int, *, above: bool = False, seed: str = "looks") -> list[str]:
+    """New unit ids whose hash falls below `share` (or at or above it): variant `a` of an `a`, `b` split."""
+    ids = (f"later-{i}" for i in range(40 * count))
+    found = [unit for unit in ids if ((gb_hash(seed, unit, 2) or 0.0) < share) != above]
+    assert len(found) >= count
+    return found[:count]
+
+
+def test_after_a_reweighting_the_srm_check_counts_only_the_units_exposed_under_the_new_weights(
+    reports: TestClient,
+) -> None:
+    """A canary's steps re-weight the experiment: earlier units would fail a check against today's shares."""
+    expose(reports, units_of("a", 200) + units_of("b", 200))  # version 1: 50/50, a fair split
+    edit = reports.patch("/v1/experiments/looks", json={"weights": {"a": 90, "b": 10}}, headers=AUTH)
+    assert edit.status_code == 200 and edit.json()["version"] == 2
+    described = reports.patch("/v1/experiments/looks", json={"force": {"qa-user": "b"}}, headers=AUTH)
+    assert described.status_code == 200 and described.json()["version"] == 3
+    expose(reports, units_below(0.9, 450) + units_below(0.9, 50, above=True))  # a fair 90/10 split
+
+    srm = reports.get("/v1/experiments/looks/report", headers=AUTH).json()["srm"]
+
+    assert srm["since_version"] == 2  # the versions since the weights changed, the edit of force included
+    assert srm["units"] == {"a": 450, "b": 50}
+    assert srm["passed"] and srm["p_value"] == pytest.approx(1.0)
+    assert "since version 2, when these weights took effect" in srm["message"]
+    # all 900 units against 90/10 would be a glaring mismatch: 650 against 250
+    assert srm_chi_square([650, 250], [90, 10]).p_value < 1e-50
+
+
+def test_without_a_reweighting_the_srm_check_counts_every_unit(reports: TestClient) -> None:
+    expose(reports, units_of("a", 100) + units_of("b", 100))
+    assert reports.patch("/v1/experiments/looks", json={"force": {"qa-user": "b"}}, headers=AUTH).status_code == 200
+    srm = reports.get("/v1/experiments/looks/report", headers=AUTH).json()["srm"]
+    assert (srm["since_version"], srm["units"]) == (None, {"a": 100, "b": 100})

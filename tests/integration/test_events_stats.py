@@ -115,3 +115,38 @@ async def test_an_experiment_without_data_reads_as_zeros_for_its_variants_and_me
     ]
     assert stats.unattributed == {"revenue": 0}
     assert stats.variant("a").latency_ms(0.95) is None
+
+
+async def test_first_exposures_are_counted_per_config_version_as_well(
+    redis_client: redis.asyncio.Redis, tmp_path: Path
+) -> None:
+    """The SRM check reads the units of the versions with the current weights (`units_since`)."""
+    stats = StatsStore(redis_client, keys=Keys(), stream_maxlen=10_000)
+    writer = EventWriter(stats, spill_dir=tmp_path / "spill", flush_interval_s=0.01)
+    await writer.start()
+    sent: dict[tuple[str, int], int] = defaultdict(int)
+    for i in range(300):
+        variant, version = ("a", "b", "c")[i % 3], 1 + i // 100  # versions 1, 2 and 3
+        writer.record_call(
+            EXPERIMENT,
+            version,
+            f"user-{i}",
+            *[Assignment(variant, Reason.HASHED, 0.5)] * 2,
+            status=200,
+            elapsed_s=0.001,
+        )
+        sent[(variant, version)] += 1
+    writer.record_call(
+        EXPERIMENT, 3, "user-0", *[Assignment("a", Reason.HASHED, 0.5)] * 2, status=200, elapsed_s=0.001
+    )  # a returning unit: not a first exposure
+    assert await writer.drain(5)
+    await writer.close()
+
+    read = await stats.read("stats", variants=EXPERIMENT.variant_names)
+
+    for variant in EXPERIMENT.variant_names:
+        arm = read.variant(variant)
+        assert arm.units_by_version == {v: sent[(variant, v)] for v in (1, 2, 3)}
+        assert arm.units == sum(arm.units_by_version.values())
+        assert arm.units_since(2) == sent[(variant, 2)] + sent[(variant, 3)]
+        assert arm.units_since(4) == 0
