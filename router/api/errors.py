@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from router.api.responses import error_response
@@ -34,6 +34,15 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     return error_response(_HTTPError(exc.status_code, code, f"{request.method} {request.url.path}: {exc.detail}"))
 
 
+async def handle_client_disconnect(request: Request, exc: Exception) -> Response:
+    """The caller left before its body arrived: nobody reads an answer, and it is no error of the gateway's.
+
+    Mobile clients drop calls all the time; logged as unhandled errors they would fill the logs.
+    """
+    log.debug("client disconnected during %s %s", request.method, request.url.path)
+    return Response(status_code=499)  # never sent: the connection is gone (nginx's code for it, in logs)
+
+
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     """The outermost net: a bug gives a logged 500 in our error shape, never a stack trace to the caller."""
     log.exception("unhandled error on %s %s", request.method, request.url.path)
@@ -43,5 +52,6 @@ async def handle_unexpected(request: Request, exc: Exception) -> Response:
 EXCEPTION_HANDLERS = {
     RouterError: handle_router_error,
     HTTPException: handle_http_exception,
+    ClientDisconnect: handle_client_disconnect,
     Exception: handle_unexpected,
 }

@@ -15,7 +15,8 @@ from router.config.schema import Experiment, FieldProblems, Name, Shadow, Status
 from router.errors import InvalidConfig
 
 M = TypeVar("M", bound=BaseModel)
-Weight = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+# strict: a number, never a boolean or a string coerced into one (`"coverage": false` is no 0)
+Weight = Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)]
 
 # Fields a patch may clear with null; the others need a value when they are sent.
 _NULLABLE = frozenset({"winner", "shadow"})
@@ -34,7 +35,7 @@ class ConfigPatch(_Body):
     )
     status: Status | None = None
     winner: str | None = Field(default=None, description="null clears it")
-    coverage: float | None = Field(default=None, ge=0, le=1)
+    coverage: float | None = Field(default=None, ge=0, le=1, strict=True)
     shadow: Shadow | None = Field(default=None, description="null stops shadowing")
     force: dict[str, str] | None = Field(default=None, description="unit id -> variant; replaces the whole map")
 

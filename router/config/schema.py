@@ -68,7 +68,7 @@ class Variant(_Model):
     """One arm: a remote model server (`url`) or an in-process joblib model (`model`)."""
 
     name: Name
-    weight: float = Field(ge=0, allow_inf_nan=False)
+    weight: float = Field(ge=0, allow_inf_nan=False, strict=True)  # strict: `true` is not a weight of 1
     url: str | None = Field(default=None, description="HTTP(S) URL the call is proxied to")
     model: str | None = Field(default=None, description="path of a joblib file of a scikit-learn estimator")
     timeout_s: float = Field(default=1.0, gt=0, le=300, description="upstream timeout of a remote variant")
@@ -114,7 +114,7 @@ class Shadow(_Model):
     """Mirror a share of calls to a variant; its response is discarded."""
 
     variant: Name
-    percent: float = Field(ge=0, le=100)
+    percent: float = Field(ge=0, le=100, strict=True)
 
 
 class Gate(_Model):
@@ -200,7 +200,7 @@ class Experiment(_Model):
     )
     seed: str | None = Field(default=None, description="hash seed; defaults to the name")
     hash_version: Literal[1, 2] = 2
-    coverage: float = Field(default=1.0, ge=0, le=1)
+    coverage: float = Field(default=1.0, ge=0, le=1, strict=True)
     namespace: Namespace | None = None
     control: Name
     variants: list[Variant] = Field(min_length=2)

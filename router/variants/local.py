@@ -169,6 +169,9 @@ class LocalModel:
     ) -> LocalModel:
         """Load a model file; every failure is a ModelLoadError so a bad file stops start-up, not a request."""
         path = Path(path)
+        if path.exists() and not path.is_file():
+            # a directory fails to load anyway, but a FIFO or a device would block the load for good
+            raise ModelLoadError(f"model file {path} is not a regular file")
         try:
             estimator = joblib.load(path)
         except FileNotFoundError:

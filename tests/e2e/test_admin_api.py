@@ -309,6 +309,34 @@ async def test_an_invalid_patch_answers_422_with_the_field_path(api: httpx2.Asyn
     assert response.json()["error"]["details"] == ["coverage: must be <= 1, got 2"]
 
 
+@pytest.mark.parametrize(
+    ("patch", "detail"),
+    [
+        pytest.param({"coverage": False}, "coverage: Input should be a valid number, got False", id="coverage-false"),
+        pytest.param(
+            {"weights": {"current": True}}, "weights.current: Input should be a valid number, got True", id="bool"
+        ),
+        pytest.param(
+            {"weights": {"current": "5"}}, "weights.current: Input should be a valid number, got '5'", id="string"
+        ),
+        pytest.param(
+            {"shadow": {"variant": "candidate", "percent": True}},
+            "shadow.percent: Input should be a valid number, got True",
+            id="shadow-percent-true",
+        ),
+    ],
+)
+async def test_a_patch_number_sent_as_a_boolean_or_string_is_refused_not_coerced(
+    api: httpx2.AsyncClient, patch: dict[str, Any], detail: str
+) -> None:
+    """`"coverage": false` would otherwise take every unit out of the experiment."""
+    await create(api)
+    response = await api.patch("/v1/experiments/churn", json=patch, headers=BOB)
+    assert response.status_code == 422
+    assert response.json()["error"]["details"] == [detail]
+    assert (await api.get("/v1/experiments/churn", headers=ALICE)).json()["version"] == 1
+
+
 async def test_an_edit_is_served_by_the_same_gateway_within_a_second(api: httpx2.AsyncClient) -> None:
     await create(api)
     await served_version(api, expected=1)
@@ -457,3 +485,46 @@ async def test_an_archived_experiment_can_be_created_again_and_continues_its_ver
     await api.delete("/v1/experiments/churn", headers=BOB)
     response = await api.put("/v1/experiments/churn", json=config(50, 50), headers=ALICE)
     assert (response.status_code, response.json()["version"]) == (201, 3)
+
+
+async def test_a_client_that_leaves_mid_body_is_no_unhandled_error(
+    redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Clients drop calls mid-body (mobile ones all the time): each would log an error with a stack trace."""
+    app = create_app(Settings(redis_url=redis_url, data_dir=tmp_path, admin_token="t"))
+    sent: list[dict[str, Any]] = []
+    incoming = [
+        {"type": "http.request", "body": b'{"contr', "more_body": True},
+        {"type": "http.disconnect"},  # what the server reports when the socket closes mid-body
+    ]
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "PUT",
+        "scheme": "http",
+        "path": "/v1/experiments/churn",
+        "raw_path": b"/v1/experiments/churn",
+        "query_string": b"",
+        "root_path": "",
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", b"100"),
+            (b"authorization", b"Bearer t"),
+        ],
+    }
+    with caplog.at_level("DEBUG"):
+        async with app.router.lifespan_context(app):
+            await app(scope, receive, send)
+
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")], sent
+    assert any("client disconnected during PUT /v1/experiments/churn" in r.message for r in caplog.records), sent

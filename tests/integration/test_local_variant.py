@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import re
 import threading
 import time
@@ -152,6 +153,28 @@ def test_a_missing_file_raises_model_load_error_naming_the_file(tmp_path: Path) 
     missing = tmp_path / "nowhere.joblib"
     with pytest.raises(ModelLoadError, match=rf"{re.escape(str(missing))} does not exist"):
         LocalModel.load(missing)
+
+
+def test_a_fifo_is_refused_at_once_rather_than_blocking_the_load(tmp_path: Path) -> None:
+    """Opening a FIFO for reading waits for a writer: the load (and the admin call behind it) would hang."""
+    fifo = tmp_path / "model.joblib"
+    os.mkfifo(fifo)
+    outcome: list[BaseException | None] = []
+
+    def load() -> None:
+        try:
+            LocalModel.load(fifo)
+            outcome.append(None)
+        except ModelLoadError as exc:
+            outcome.append(exc)
+
+    loader = threading.Thread(target=load, daemon=True)  # left blocked, not joined, if the load hangs
+    loader.start()
+    loader.join(timeout=5)
+
+    assert not loader.is_alive(), "loading a FIFO blocked"
+    assert outcome and isinstance(outcome[0], ModelLoadError)
+    assert str(outcome[0]) == f"model file {fifo} is not a regular file"
 
 
 def test_a_file_that_is_not_a_joblib_raises_model_load_error_naming_the_file(broken_model_file: Path) -> None:
