@@ -7,7 +7,7 @@ handler as ``{"error": {"code", "message", "details"}}`` and the class's HTTP st
     RouterError
       ConfigError        InvalidConfig (422) · UnknownExperiment (404) · VersionConflict (412)
                          PreconditionRequired (428) · UnknownVersion (422) · UnreadableConfig (503)
-      RequestError       MissingUnit (400) · InvalidPayload (422) · PayloadTooLarge (413)
+      RequestError       MissingUnit (400) · InvalidPayload (422) · PayloadTooLarge (413) · HeadersTooLarge (431)
       AuthError          Unauthorized (401)
       UpstreamError      UpstreamTimeout (504) · UpstreamUnavailable (502)
       VariantError       ModelLoadError (500, start-up only) · PredictionError (500) · ModelOverloaded (503)
@@ -104,6 +104,13 @@ class InvalidPayload(RequestError):
 class PayloadTooLarge(RequestError):
     status_code = 413
     code = "payload_too_large"
+
+
+class HeadersTooLarge(RequestError):
+    """The request line and headers are over `ABROUTER_MAX_HEADER_BYTES` (answered by the HTTP protocol itself)."""
+
+    status_code = 431
+    code = "headers_too_large"
 
 
 class AuthError(RouterError):

@@ -17,9 +17,14 @@ would.
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any, Final
 
+import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from router.errors import HeadersTooLarge
+from router.settings import Settings
 
 #: Held bytes that are sent at once rather than at the end of the round.
 FLUSH_BYTES: Final = 64 * 1024
@@ -126,13 +131,71 @@ class CoalescingTransport(DelegatingTransport):
         return self._held_bytes + self._transport.get_write_buffer_size()
 
 
+#: How long a connection refused for its headers stays open to drain what the caller still sends.
+REFUSED_LINGER_S: Final = 2.0
+
+
+@functools.cache
+def max_header_bytes() -> int:
+    """`ABROUTER_MAX_HEADER_BYTES`, read once per process (uvicorn makes the protocol, not the app)."""
+    return Settings().max_header_bytes
+
+
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's `HttpToolsProtocol` writing through a `CoalescingTransport` (`abrouter serve` runs on it)."""
+    """uvicorn's `HttpToolsProtocol` writing through a `CoalescingTransport` (`abrouter serve` runs on it).
+
+    It also bounds a request's line and headers (`max_header_bytes`): httptools buffers them
+    whatever their size, so without a bound one unauthenticated caller sending an endless header
+    grows the process's memory without end (uvicorn issue #157). Past the bound: 431, and the
+    connection is closed.
+    """
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         # Flow control (pausing reads) keeps the real transport; the request cycles write through this one.
         self.transport: CoalescingTransport = CoalescingTransport(transport, self.loop)
+        self._header_bytes = 0  # received since the current request began, while its headers are incomplete
+        self._in_body = False
+        self._refused = False
+        self._max_header_bytes = max_header_bytes()
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # read and dropped until the connection closes: unread data would reset it (below)
+        if not self._in_body:
+            self._header_bytes += len(data)
+        super().data_received(data)
+        # Checked after parsing: a chunk that completes the headers may carry a large body too.
+        if not self._in_body and self._header_bytes > self._max_header_bytes and not self.transport.is_closing():
+            self._refuse_headers()
+
+    def on_headers_complete(self) -> None:
+        self._in_body = True
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_body = False
+        self._header_bytes = 0
+
+    def _refuse_headers(self) -> None:
+        limit = self._max_header_bytes
+        self.logger.warning("request line and headers over %d bytes: refused with 431", limit)
+        body = orjson.dumps(
+            HeadersTooLarge(
+                f"the request line and headers are over {limit} bytes (ABROUTER_MAX_HEADER_BYTES)",
+                details=[{"limit_bytes": limit}],
+            ).to_json()
+        )
+        self.transport.write(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+            b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body
+        )
+        # Closing now, with the rest of the headers unread, would send a reset that can destroy the
+        # answer before the caller reads it. Instead: end our side, drop what still comes, close soon.
+        self._refused = True
+        self.transport.write_eof()
+        self.loop.call_later(REFUSED_LINGER_S, self.transport.close)
 
     def eof_received(self) -> None:
         # The client half-closed: uvloop closes the transport when this returns, before the end of

@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     access_log: bool = Field(default=True, description="one line per request at info level (uvicorn's access log)")
 
+    max_header_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="request line and headers, bytes; larger requests get 431"
+    )
+
     redis_url: str | None = Field(default=None, description="None starts the embedded Redis under data_dir")
     redis_cluster: bool = Field(default=False, description="treat redis_url as a Redis Cluster node")
     redis_prefix: str = "abr:"
