@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -35,7 +35,12 @@ class Outcome(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
-    unit: str = Field(strict=True, min_length=1, max_length=MAX_UNIT_ID_LENGTH, description="the unit's id")
+    unit: str = Field(
+        strict=True,
+        min_length=1,
+        max_length=MAX_UNIT_ID_LENGTH,
+        description="the unit's id; an integer is taken as its decimal text, as predict takes a JSON body's",
+    )
     metric: str = Field(strict=True, min_length=1, max_length=63, description="a metric the experiment declares")
     value: float = Field(
         strict=True,
@@ -44,6 +49,14 @@ class Outcome(BaseModel):
         le=MAX_ABS_VALUE,
         description="binomial metrics: non-zero means converted; mean metrics: added to the unit's total",
     )
+
+    @field_validator("unit", mode="before")
+    @classmethod
+    def _integer_as_text(cls, value: object) -> object:
+        # predict reads an integer id from a JSON body (`unit: json:user.id`) as str(id): the same unit here
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return value
 
 
 class OutcomeBatch(BaseModel):

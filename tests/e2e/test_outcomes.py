@@ -57,6 +57,15 @@ def test_an_outcome_of_an_exposed_unit_is_accepted_and_attributed(gateway: Gatew
     assert (revenue.n, revenue.sum, revenue.sum_squares) == (1, 12.5, 156.25)
 
 
+def test_an_integer_unit_id_is_the_unit_of_its_decimal_text(gateway: GatewayFactory) -> None:
+    """Predict takes an integer id from a JSON body as its text (`unit: json:user.id`): outcomes do too."""
+    client = gateway([shop()])
+    variant = predict(client, "12")
+    response = report(client, {"unit": 12, "metric": "revenue", "value": 2.0})
+    assert (response.status_code, response.json()) == (202, {"accepted": 1, "unattributed": 0})
+    assert stored_stats(client).variant(variant).metric("revenue").sum == 2.0
+
+
 def test_outcomes_of_units_never_exposed_are_counted_as_unattributed(gateway: GatewayFactory) -> None:
     client = gateway([shop()])
     predict(client, "seen")
@@ -136,7 +145,8 @@ def test_a_batch_of_a_thousand_outcomes_is_accepted(gateway: GatewayFactory) -> 
         pytest.param({"unit": "u1", "metric": "revenue", "value": True}, "value", id="value-as-boolean"),
         pytest.param({"unit": "u1", "metric": "revenue", "value": 1e300}, "value", id="value-absurdly-large"),
         pytest.param({"unit": "u1", "metric": "revenue"}, "value", id="value-missing"),
-        pytest.param({"unit": 7, "metric": "revenue", "value": 1}, "unit", id="unit-not-a-string"),
+        pytest.param({"unit": True, "metric": "revenue", "value": 1}, "unit", id="unit-a-boolean"),
+        pytest.param({"unit": 7.5, "metric": "revenue", "value": 1}, "unit", id="unit-a-fraction"),
         pytest.param({"unit": "  ", "metric": "revenue", "value": 1}, "unit", id="unit-blank"),
         pytest.param({"outcomes": []}, "outcomes", id="empty-batch"),
         pytest.param(
