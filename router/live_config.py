@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Final
 
 from router.config.schema import Experiment
 from router.errors import ModelLoadError, StoreUnavailable, UnknownExperiment, UnreadableConfig
@@ -21,6 +22,9 @@ from router.variants.local import LocalVariant
 from router.variants.registry import ModelCache, build_backends
 
 log = logging.getLogger("abrouter.config")
+
+#: Seconds before a version that could not be applied (its model failed to load) is tried again.
+REJECTED_RETRY_S: Final = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +47,13 @@ class LiveConfig:
     """Holds the active experiments and refreshes them from the `ConfigStore`."""
 
     def __init__(
-        self, store: ConfigStore, *, client: UpstreamClient, models: ModelCache, metrics: Metrics | None = None
+        self,
+        store: ConfigStore,
+        *,
+        client: UpstreamClient,
+        models: ModelCache,
+        metrics: Metrics | None = None,
+        rejected_retry_s: float = REJECTED_RETRY_S,
     ) -> None:
         self._store = store
         self._metrics = metrics
@@ -54,7 +64,9 @@ class LiveConfig:
         self.store_error: str | None = None
         #: experiment name -> why its newest version is not in force (e.g. its model failed to load)
         self.rejected: dict[str, str] = {}
-        self._rejected_versions: dict[str, int] = {}
+        # name -> (version, when it was rejected): tried again after `rejected_retry_s`, not every second
+        self._rejected_versions: dict[str, tuple[int, float]] = {}
+        self._rejected_retry_s = rejected_retry_s
         self.last_refresh: float | None = None
 
     def get(self, name: str) -> ActiveExperiment:
@@ -80,7 +92,7 @@ class LiveConfig:
             changed = [
                 name
                 for name, version in versions.items()
-                if self._version_of(name) != version and self._rejected_versions.get(name) != version
+                if self._version_of(name) != version and not self._recently_rejected(name, version)
             ]
             loaded = []
             for name in changed:
@@ -134,10 +146,19 @@ class LiveConfig:
 
     def _reject(self, name: str, version: int, why: str) -> None:
         """Keep the version in force (if any) and say why the newest one is not (readyz)."""
-        log.error("experiment %s version %d not applied: %s", name, version, why)
+        log.error(
+            "experiment %s version %d not applied (tried again in %g s): %s", name, version, self._rejected_retry_s, why
+        )
         self.rejected[name] = f"version {version}: {why}"
-        # not retried (and not logged again) every second: only a newer version is tried
-        self._rejected_versions[name] = version
+        self._rejected_versions[name] = (version, time.monotonic())
+
+    def _recently_rejected(self, name: str, version: int) -> bool:
+        """Whether `version` failed within `rejected_retry_s`: a model file that arrives after its config
+        (copied to each replica by another tool) or a passing failure must not pin the replica for good."""
+        rejected = self._rejected_versions.get(name)
+        return (
+            rejected is not None and rejected[0] == version and time.monotonic() - rejected[1] < self._rejected_retry_s
+        )
 
     async def _activate(self, stored: StoredExperiment, *, strict: bool) -> None:
         name = stored.experiment.name

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,33 @@ async def test_a_version_whose_model_cannot_load_is_tried_once_and_the_previous_
         await store.put(_experiment(trained_models["churn_candidate"]), actor="test", expected_version=2)
         await live.refresh()
         assert live.get("exp").version == 3
+        assert live.rejected == {}
+    finally:
+        await upstream.aclose()
+
+
+async def test_a_rejected_version_is_tried_again_later_so_a_model_file_that_arrives_late_is_applied(
+    redis_client: redis.Redis, trained_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """Config and model files often travel separately: the file may reach a replica after the config."""
+    store = ConfigStore(redis_client, keys=Keys())
+    models = CountingModelCache()
+    upstream = open_upstream_client("httpx", max_connections=4, keepalive_s=1)
+    live = LiveConfig(store, client=upstream, models=models, rejected_retry_s=0.2)
+    late = tmp_path / "late.joblib"
+    try:
+        await store.put(_experiment(trained_models["churn_current"]), actor="test", expected_version=None)
+        await live.refresh(strict=True)
+        await store.put(_experiment(late), actor="test", expected_version=1)
+        await live.refresh()
+        await live.refresh()
+        assert (live.get("exp").version, models.attempts) == (1, 2)  # not retried at once
+        shutil.copy(trained_models["churn_candidate"], late)
+
+        await asyncio.sleep(0.25)
+        await live.refresh()
+
+        assert live.get("exp").version == 2
         assert live.rejected == {}
     finally:
         await upstream.aclose()
