@@ -258,7 +258,7 @@ def compare_arrays(
             ~(control.consistent & treatment.consistent),
             (control.n < max(min_units, MIN_UNITS)) | (treatment.n < max(min_units, MIN_UNITS)),
             control.zero_variance | treatment.zero_variance,
-            control.mean == 0.0,
+            _zero_up_to_rounding(control),
         ],
         [1, 2, 3, 4],
         default=0,
@@ -267,11 +267,34 @@ def compare_arrays(
     # Masked inputs become NaN before any division, so nothing undefined is ever computed.
     c = _masked(control, ok)
     t = _masked(treatment, ok)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        lift, lift_se = relative_effect(c, t)
+    # A control mean that is tiny but not zero can still overflow the lift or its error: no estimate then either.
+    overflowed = ok & ~(np.isfinite(lift) & np.isfinite(lift_se))
+    if overflowed.any():
+        reason_code = np.where(overflowed, 4, reason_code)
+        ok = reason_code == 0
+        c = _masked(control, ok)
+        t = _masked(treatment, ok)
     dof = welch_dof(c, t)
     n_total = c.n + t.n
     absolute = infer(*absolute_effect(c, t), dof, n_total, alpha=alpha, tuning_n=tuning_n)
     relative = infer(*relative_effect(c, t), dof, n_total, alpha=alpha, tuning_n=tuning_n)
     return Comparisons(reason_code, absolute, relative)
+
+
+def _zero_up_to_rounding(arm: Moments) -> BoolArray:
+    """Whether the arm's mean is 0 within the rounding of its stored sum.
+
+    Sums of decimal values are floats: values whose true total is 0 (0.1 + 0.2 - 0.3, a purchase
+    and its refund) leave a residue around 1e-17, and a lift against it came out near 1e17. Adding
+    n values errs by at most n·eps·sum|x| <= n·eps·n·rms, so a mean within n·eps·rms of 0 may be 0.
+    """
+    with np.errstate(invalid="ignore"):
+        second_moment = np.where(arm.n > 1, arm.variance * (arm.n - 1.0) / arm.n, 0.0) + arm.mean**2
+        rounding = arm.n * np.finfo(np.float64).eps * np.sqrt(second_moment)
+        zero: BoolArray = np.abs(arm.mean) <= rounding
+    return zero
 
 
 def _masked(arm: Moments, ok: BoolArray) -> Moments:
@@ -348,7 +371,7 @@ def _explain(
 ) -> str:
     """A sentence naming the arm and the value behind `reason`."""
     if reason is InsufficientReason.ZERO_CONTROL_MEAN:
-        return f"the mean of control {names[0]!r} is 0, so a relative lift is undefined"
+        return f"the mean of control {names[0]!r} is 0 (up to rounding), so a relative lift is undefined"
     for arm, m, name in zip(arms, arm_moments, names, strict=True):
         if reason is InsufficientReason.INCONSISTENT_DATA and not bool(m.consistent[()]):
             return (

@@ -314,6 +314,23 @@ def test_raw_welch_arithmetic_of_the_zero_baseline_case_matches_the_reference() 
             "mean", ArmStats(4, 0.0, 4.0), ArmStats(4, 2.0, 6.0), "zero_control_mean", "control", id="control-mean-zero"
         ),
         pytest.param(
+            "mean",
+            # three units of 0.1, 0.2 and -0.3, summed in floats as Redis does: 5.55e-17, not 0
+            ArmStats(3, 0.1 + 0.2 - 0.3, 0.01 + 0.04 + 0.09),
+            ArmStats(3, 0.2 + 0.3 - 0.3, 0.04 + 0.09 + 0.09),
+            "zero_control_mean",
+            "control",
+            id="control-mean-zero-up-to-rounding",
+        ),
+        pytest.param(
+            "mean",
+            ArmStats(4, 4e-308, 4.0),
+            ArmStats(4, 2.0, 6.0),
+            "zero_control_mean",
+            "control",
+            id="control-mean-so-small-the-lift-overflows",
+        ),
+        pytest.param(
             "binomial",
             ArmStats.binomial(100, 120),
             ArmStats.binomial(100, 10),
