@@ -134,8 +134,17 @@ class SpillFile:
         return cls(path, fd, pending=_count_lines(fd))
 
     def append(self, lines: bytes, count: int) -> None:
-        """Add `count` encoded events at the end (one write per call: events reach the kernel at once)."""
-        _write_all(self._fd, lines)
+        """Add `count` encoded events at the end (one write per call: events reach the kernel at once).
+
+        A write that fails part way (disk full) is cut back off: the next append would otherwise
+        join its torn line, and an event written after the disk has room again would be lost too.
+        """
+        try:
+            _write_all(self._fd, lines)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self.size)
+            raise
         self.pending += count
         self.size += len(lines)
 
@@ -414,32 +423,40 @@ class EventWriter:
                 f"outcomes of experiment {experiment.name!r} cannot be kept: this gateway process is shutting down; "
                 "retry (another replica, or this one once restarted)"
             )
-        if not self.accepting(len(batch)):
+        kinds = {metric.name: metric.kind for metric in experiment.metrics}
+        at_ms = int(self._clock() * 1000)
+        events = [
+            outcome_event(
+                experiment.name, next(self._seq), unit=unit, metric=metric, kind=kinds[metric], value=value, at_ms=at_ms
+            )
+            for unit, metric, value in batch
+        ]
+        if not self.accepting(len(events), events):
             raise StoreUnavailable(
                 f"the event buffer ({self._buffer_size} events) and spill file are full; retry later",
                 details=[{"pending": self.pending}],
             )
-        kinds = {metric.name: metric.kind for metric in experiment.metrics}
-        at_ms = int(self._clock() * 1000)
-        for unit, metric, value in batch:
-            event = outcome_event(
-                experiment.name, next(self._seq), unit=unit, metric=metric, kind=kinds[metric], value=value, at_ms=at_ms
-            )
+        for event in events:
             self._enqueue(event)
 
     def exposed_here(self, experiment: str, unit: str) -> bool:
         """Whether this process recorded `unit`'s exposure recently (it may not be in Redis yet)."""
         return (experiment, unit) in self._seen
 
-    def accepting(self, count: int = 1) -> bool:
-        """Whether `count` more events can be kept, in memory or in the spill file."""
+    def accepting(self, count: int = 1, events: Sequence[Event] = ()) -> bool:
+        """Whether `count` more events can be kept, in memory or in the spill file.
+
+        With the `events` themselves, their size in the spill file is measured rather than
+        estimated: an outcome acknowledged with 202 must not be dropped for a long unit id.
+        """
         if self._closed:
             return False
         spilling = self._spill is not None and self._spill.pending > 0
         if not spilling and len(self._memory) + count <= self._buffer_size:
             return True
         spilled = self._spill.size if self._spill is not None else 0
-        return spilled + count * _LINE_BYTES_ESTIMATE <= self._spill_max_bytes
+        size = sum(len(_encode(self.writer_id, e)) for e in events) if events else count * _LINE_BYTES_ESTIMATE
+        return spilled + size <= self._spill_max_bytes
 
     async def drain(self, timeout_s: float, *, failing_grace_s: float | None = None) -> bool:
         """Write everything recorded so far, call counts included; False if that took longer than `timeout_s`.
@@ -807,7 +824,7 @@ class NullEventWriter(EventWriter):
             "(ABROUTER_EVENTS_ENABLED=false)"
         )
 
-    def accepting(self, count: int = 1) -> bool:
+    def accepting(self, count: int = 1, events: Sequence[Event] = ()) -> bool:
         return False
 
     async def drain(self, timeout_s: float, *, failing_grace_s: float | None = None) -> bool:

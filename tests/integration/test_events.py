@@ -6,6 +6,8 @@ import asyncio
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -336,6 +338,24 @@ async def test_call_counts_made_during_an_outage_reach_the_spill_file_so_a_crash
     assert (a.units, a.requests, a.errors, writer.dropped) == (1, 31, 30, 0)
 
 
+async def test_outcomes_are_refused_rather_than_accepted_and_dropped_when_the_spill_file_is_nearly_full(
+    fresh_redis_server: RedisServer, outage_client: redis.asyncio.Redis, make_writer: WriterFactory
+) -> None:
+    """Lines with long unit ids are twice the size estimate: the check measures them."""
+    writer = make_writer(outage_client, buffer_size=10, spill_max_bytes=60_000)
+    await writer.start()
+    fresh_redis_server.stop()
+    accepted = 0
+    with pytest.raises(StoreUnavailable, match="spill file are full"):
+        for call in range(100):
+            batch = [(f"{call}-{i}-" + "u" * 240, "revenue", 1.5) for i in range(20)]
+            writer.record_outcomes(EXPERIMENT, batch)  # what the endpoint acknowledges with 202
+            accepted += len(batch)
+    assert accepted > 0
+    assert writer.dropped == 0
+    assert writer.pending == accepted
+
+
 async def test_past_the_buffer_events_spill_to_a_file_and_are_replayed_when_redis_is_back(
     fresh_redis_server: RedisServer, outage_client: redis.asyncio.Redis, make_writer: WriterFactory, spill_dir: Path
 ) -> None:
@@ -577,3 +597,34 @@ async def test_a_writer_that_leaves_events_in_its_spill_file_keeps_its_field_for
     assert len(spill_files(spill_dir)) == 1
     fresh_redis_server.start()
     assert await outage_client.hexists(Keys().writers("exp"), writer.writer_id)
+
+
+def test_a_spill_write_that_fails_half_way_leaves_no_torn_line_behind(tmp_path: Path) -> None:
+    """A full disk, played by RLIMIT_FSIZE in a child process: the event after the failure is kept whole."""
+    script = f"""
+import errno, resource, signal
+from pathlib import Path
+from router.store.events import SpillFile
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing us
+spill = SpillFile.create(Path({str(tmp_path)!r}), "writer")
+line = b'["writer",1,"exp","o","u","revenue","mean","1.0","0"]' + b"\\n"
+_, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (len(line) * 2 + 10, hard))  # room for two lines and a bit
+spill.append(line * 2, 2)
+try:
+    spill.append(line * 2, 2)  # 10 bytes of it fit: a torn line
+except OSError as exc:
+    assert exc.errno == errno.EFBIG, exc
+else:
+    raise AssertionError("the write past the limit did not fail")
+resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))  # the disk has room again
+spill.append(line, 1)
+spill.close()
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+
+    [path] = spill_files(tmp_path)
+    lines = path.read_bytes().splitlines()
+    assert len(lines) == 3
+    assert all(orjson.loads(line)[0] == "writer" for line in lines)
