@@ -95,16 +95,27 @@ class LiveConfig:
                 if self._version_of(name) != version and not self._recently_rejected(name, version)
             ]
             loaded = []
+            unreadable: dict[str, StoredExperiment | None] = {}
             for name in changed:
                 try:
                     loaded.append(await self._store.get(name))
                 except UnreadableConfig as exc:  # one experiment's: the others are still applied
                     self._reject(name, versions[name], exc.message)
+                    if self._version_of(name) is None:  # a process that starts now: serve what it can read
+                        unreadable[name] = await self._newest_readable(name)
         except StoreUnavailable as exc:
             self.lost_store(exc.message)
             raise
         for stored in loaded:
             await self._activate(stored, strict=strict)
+        for name, fallback in unreadable.items():
+            if fallback is not None:
+                rejection = self.rejected[name], self._rejected_versions[name]
+                await self._activate(fallback, strict=False)
+                self.rejected[name], self._rejected_versions[name] = rejection  # the newest is still not in force
+        for name in set(self.rejected) - set(versions):  # archived since: nothing to warn about
+            self.rejected.pop(name, None)
+            self._rejected_versions.pop(name, None)
         for name in set(self._active) - set(versions):
             self._rejected_versions.pop(name, None)
             log.info("experiment %s is archived or deleted: no longer served", name)
@@ -143,6 +154,13 @@ class LiveConfig:
     def _version_of(self, name: str) -> int | None:
         active = self._active.get(name)
         return active.version if active is not None else None
+
+    async def _newest_readable(self, name: str) -> StoredExperiment | None:
+        """The newest version of `name` in its history that this release can read, unless it is archived."""
+        for stored in reversed(await self._store.readable_history(name)):
+            if stored is not None:
+                return None if stored.archived else stored
+        return None
 
     def _reject(self, name: str, version: int, why: str) -> None:
         """Keep the version in force (if any) and say why the newest one is not (readyz)."""

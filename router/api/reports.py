@@ -63,7 +63,7 @@ async def experiment_report(services: Services, name: str) -> Report:
     variants = [v.name for v in experiment.variants]
     metrics = [m.name for m in experiment.metrics]
     stats = await services.stats.read(name, variants=variants, metrics=metrics)
-    since = shares_window(await services.store.history(name))
+    since = shares_window(await services.store.readable_history(name))
     srm_units = {v: stats.variant(v).units if since is None else stats.variant(v).units_since(since) for v in variants}
     running_min = await _srm_look(services, experiment, list(srm_units.values()), stored.version)
     return build_report(

@@ -37,7 +37,14 @@ import orjson
 
 from router.config.edits import ConfigPatch, Promotion
 from router.config.schema import Experiment, Rollout, Status
-from router.errors import NoRollout, RolloutConflict, StoreUnavailable, UnknownExperiment, VersionConflict
+from router.errors import (
+    NoRollout,
+    RolloutConflict,
+    StoreUnavailable,
+    UnknownExperiment,
+    UnreadableConfig,
+    VersionConflict,
+)
 from router.live_config import LiveConfig
 from router.metrics import Metrics, RolloutDecision, StoreOperation
 from router.rollout.gates import GateResult, Verdict, evaluate_gate
@@ -213,6 +220,7 @@ class RolloutController:
         self._clock = clock
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._held: set[str] = set()
+        self._unreadable: set[str] = set()  # experiments whose config this release cannot read, warned about once
 
     async def run(self) -> None:
         """Tick forever; what goes wrong with one rollout is logged, and the next tick tries again."""
@@ -229,12 +237,21 @@ class RolloutController:
         for name in self._live.names():
             try:
                 await self._tick_one(name)
+                self._unreadable.discard(name)
             except StoreUnavailable as exc:
                 honour_cancellation()
                 self._metrics.store_error(StoreOperation.ROLLOUT)
                 log.warning("rollout of %s: %s", name, exc.message)
             except UnknownExperiment:
                 self._held.discard(name)  # archived meanwhile
+            except UnreadableConfig as exc:
+                # A newer release wrote it: leave the rollout to a replica that can read it.
+                with contextlib.suppress(StoreUnavailable):
+                    await self._rollouts.release_lease(name, self.owner)
+                self._held.discard(name)
+                if name not in self._unreadable:
+                    self._unreadable.add(name)
+                    log.warning("rollout of %s left to replicas that can read its config: %s", name, exc.message)
             except Exception:
                 log.exception("rollout of %s: unexpected error; trying again at the next tick", name)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +28,8 @@ from router.config.schema import Experiment
 from router.errors import StoreUnavailable, UnknownExperiment, UnknownVersion, UnreadableConfig, VersionConflict
 from router.store.client import RedisClient
 from router.store.keys import Keys
+
+log = logging.getLogger("abrouter.config")
 
 # KEYS: config hash, history list. ARGV: the version the caller saw ("" = absent), the new version,
 # config JSON, updated_at, updated_by, archived (0/1), change, history entry JSON.
@@ -83,15 +86,25 @@ class ConfigStore:
         return stored
 
     async def list(self) -> builtins.list[StoredExperiment]:
-        """Every experiment that is not archived, sorted by name."""
+        """Every experiment that is not archived, sorted by name; those this release cannot read are left out."""
         names = await self._names()
         with _translate_errors():
             async with self._redis.pipeline(transaction=False) as pipe:
                 for name in names:
                     pipe.hgetall(self._keys.config(name))
                 rows = await pipe.execute()
-        stored = (_from_hash(row) for row in rows if row)
-        return [s for s in stored if not s.archived]
+        listed = []
+        for name, row in zip(names, rows, strict=True):
+            if not row:
+                continue
+            try:
+                stored = _from_hash(row)
+            except UnreadableConfig as exc:  # one experiment's: the others are still listed
+                log.warning("experiment %s left out of the list: %s", name, exc.message)
+                continue
+            if not stored.archived:
+                listed.append(stored)
+        return listed
 
     async def versions(self) -> dict[str, int]:
         """name -> version of every experiment that is not archived, without reading the configs."""
@@ -146,8 +159,11 @@ class ConfigStore:
         An archived experiment counts as existing so that `serve --config` does not bring back
         what an operator deleted each time the gateway restarts.
         """
-        if await self._read(experiment.name) is not None:
-            return None
+        try:
+            if await self._read(experiment.name) is not None:
+                return None
+        except UnreadableConfig:
+            return None  # written by a newer release: it exists, and a restart must not fail on it
         try:
             return await self._write(experiment, actor=actor, change="created", seen=None, expected_version=None)
         except VersionConflict:
@@ -155,11 +171,24 @@ class ConfigStore:
 
     async def history(self, name: str) -> builtins.list[StoredExperiment]:
         """Every version of `name`, oldest first, archived ones included."""
+        return [_from_history_entry(entry) for entry in await self._history_entries(name)]
+
+    async def readable_history(self, name: str) -> builtins.list[StoredExperiment | None]:
+        """`history`, with None for each version this release cannot read (a newer release's) instead of failing."""
+        readable: builtins.list[StoredExperiment | None] = []
+        for entry in await self._history_entries(name):
+            try:
+                readable.append(_from_history_entry(entry))
+            except UnreadableConfig:
+                readable.append(None)
+        return readable
+
+    async def _history_entries(self, name: str) -> builtins.list[bytes | str]:
         with _translate_errors():
-            entries = await self._redis.lrange(self._keys.history(name), 0, -1)
+            entries: builtins.list[bytes | str] = await self._redis.lrange(self._keys.history(name), 0, -1)
         if not entries:
             raise _unknown(name, None)
-        return [_from_history_entry(entry) for entry in entries]
+        return entries
 
     async def archive(self, name: str, *, actor: str, expected_version: int | None = None) -> StoredExperiment:
         """Write a new version marked archived: it stops being served, its data and history are kept."""
@@ -196,6 +225,11 @@ class ConfigStore:
             raise _unknown(name, current)
         if expected_version is not None:
             _check_version(name, expected_version, current.version)
+        if to_version is None and current.version == 1:
+            raise UnknownVersion(
+                f"experiment {name!r} has only version 1: there is no earlier version to roll back to",
+                details=[{"experiment": name, "current_version": 1}],
+            )
         target = await self._version(name, current.version - 1 if to_version is None else to_version, current)
         if _same_config(current.experiment, target.experiment):
             return current

@@ -58,20 +58,27 @@ def shares_signature(shares: Mapping[str, float]) -> str:
     return ",".join(f"{name}={weight / total:.12g}" for name, weight in shares.items())
 
 
-def shares_window(history: Sequence[StoredExperiment]) -> int | None:
+def shares_window(history: Sequence[StoredExperiment | None]) -> int | None:
     """The first config version of the latest run of versions with today's shares; None when that is all of them.
 
     The SRM check compares exposed units with the shares in force. Units exposed under other shares
     (a canary's earlier steps, a re-weighting) would make a fair split fail it, so only the units
-    first exposed since the shares took effect are checked (`VariantStats.units_since`).
+    first exposed since the shares took effect are checked (`VariantStats.units_since`). A version
+    this release cannot read (None, a newer release's) counts as a change of shares.
     """
-    if not history:
+    newest = history[-1] if history else None
+    if newest is None:
         return None
-    current = shares_signature(history[-1].experiment.shares)
+    current = shares_signature(newest.experiment.shares)
     start = len(history) - 1
-    while start > 0 and shares_signature(history[start - 1].experiment.shares) == current:
+    while start > 0:
+        previous = history[start - 1]
+        if previous is None or shares_signature(previous.experiment.shares) != current:
+            break
         start -= 1
-    return None if start == 0 else history[start].version
+    first = history[start]
+    assert first is not None  # the loop only steps back over readable versions
+    return None if start == 0 else first.version
 
 
 class SrmLooks:

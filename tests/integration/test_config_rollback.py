@@ -67,7 +67,7 @@ async def test_a_rollback_to_a_version_that_never_was_raises_unknown_version(sto
 async def test_a_rollback_of_a_first_version_has_nothing_to_restore(redis_client: redis.asyncio.Redis) -> None:
     store = ConfigStore(redis_client, keys=Keys())
     await store.put(experiment(), actor="alice", expected_version=None)
-    with pytest.raises(UnknownVersion, match=r"has no version 0"):
+    with pytest.raises(UnknownVersion, match=r"has only version 1: there is no earlier version to roll back to"):
         await store.rollback("churn", actor="dave")
 
 

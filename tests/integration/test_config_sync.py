@@ -141,3 +141,25 @@ async def test_a_config_written_by_a_newer_release_is_rejected_alone_and_updates
         assert unreadable.value.status_code == 503
         problems = ["owner: is not a known field"]
         assert unreadable.value.details == [{"experiment": "beta", "version": 2, "problems": problems}]
+
+
+async def test_during_an_upgrade_a_starting_replica_serves_what_it_can_read_and_lists_the_rest(
+    redis_client: redis.asyncio.Redis, redis_url: str
+) -> None:
+    """A replica of the older release (re)started while a newer one wrote beta: it neither crashes nor drops beta."""
+    editor = ConfigStore(redis_client, keys=Keys())
+    await editor.put(experiment(), actor="alice", expected_version=None)
+    beta = experiment().model_copy(update={"name": "beta"})
+    await editor.put(beta, actor="alice", expected_version=None)
+    newer = {**beta.model_dump(mode="json"), "owner": "team-b"}
+    await redis_client.hset(Keys().config("beta"), mapping={"version": "2", "config": json.dumps(newer)})
+
+    assert await editor.create_if_absent(beta, actor="serve --config") is None  # exists: no start-up failure
+    assert [stored.name for stored in await editor.list()] == ["churn"]  # listed without it, not a 503
+    async with open_services(settings(redis_url, config_refresh_s=0.2)) as services:
+        assert services.live.get("beta").version == 1  # its newest version this release can read
+        assert "cannot be read" in services.live.rejected["beta"]
+        # archived by the newer release (this one cannot read the config to archive it)
+        await redis_client.hset(Keys().config("beta"), mapping={"version": "3", "archived": "1"})
+        await eventually(lambda: "beta" not in services.live.names(), within_s=2.0)
+        assert "beta" not in services.live.rejected  # no warning left about an archived experiment

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -501,3 +502,28 @@ async def test_sequential_intervals_hold_on_evidence_that_fixed_intervals_roll_b
     assert gate["sequential"] is (intervals == "sequential")
     assert (gate["ci_low"] > 0.004) is (intervals == "fixed")
     assert ("always-valid [" in last["reason"]) is (intervals == "sequential")
+
+
+async def test_a_config_this_release_cannot_read_leaves_the_rollout_to_replicas_that_can(
+    parts: dict[str, Any], clock: Clock, redis_client: redis.asyncio.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """During a rolling upgrade: no traceback every tick, and no lease kept from a newer replica."""
+    upstream = open_upstream_client("httptools", max_connections=4, keepalive_s=1)
+    live = LiveConfig(parts["configs"], client=upstream, models=ModelCache(None))
+    try:
+        await parts["configs"].put(experiment(), actor="alice", expected_version=None)
+        await live.refresh(strict=True)
+        newer = experiment().model_dump(mode="json") | {"owner": "team-b"}  # a field of a newer release
+        await redis_client.hset(Keys().config(NAME), mapping={"version": "2", "config": json.dumps(newer)})
+        driver = controller(parts, clock, "older", live=live)
+
+        with caplog.at_level("WARNING"):
+            for _ in range(3):
+                await driver.tick()
+
+        assert await parts["rollouts"].lease(NAME) is None
+        warnings = [r for r in caplog.records if "left to replicas that can read its config" in r.message]
+        assert len(warnings) == 1  # once, not every tick
+        assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    finally:
+        await upstream.aclose()
