@@ -137,8 +137,10 @@ def _z(confidence: float) -> float:
 
 
 def _multiplier(n: int, alpha: float, sequential: bool) -> float:
-    """Standard errors each side for a two-sided 1 - alpha interval after `n` observations."""
-    return float(sequential_multiplier(n, alpha)) if sequential else _z(1.0 - alpha / 2.0)
+    """Standard errors each side for a two-sided 1 - alpha interval after `n` observations (infinite at none)."""
+    if not sequential:
+        return _z(1.0 - alpha / 2.0)
+    return float(sequential_multiplier(n, alpha)) if n > 0 else math.inf
 
 
 def _error_rate(

@@ -613,6 +613,15 @@ def test_an_equal_canary_looked_at_twenty_times_fails_some_look_rarely_only_with
     assert failed_some_look(sequential=True) <= 0.025 + 3 * math.sqrt(0.025 * 0.975 / rollouts)
 
 
+@pytest.mark.parametrize("metric", [pytest.param(m, id=m) for m in (*LATENCY_METRICS, "error_rate")])
+def test_a_sequential_gate_on_an_arm_without_calls_is_inconclusive(metric: str) -> None:
+    """Right after a step's weights are written, the step's control may have no calls yet."""
+    canary = lognormal_calls("b", 500, median_ms=50, seed=3)
+    with np.errstate(all="raise"):
+        result = evaluate_gate(gate(metric, max_ratio=1.25), calls("a", 0), canary, kind=None, sequential=True)
+    assert result.verdict is INCONCLUSIVE and result.detail == "control 'a' has no calls yet"
+
+
 @pytest.mark.parametrize(
     ("the_gate", "control", "canary", "kind"),
     [
