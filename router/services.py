@@ -85,6 +85,20 @@ async def stop_task(task: asyncio.Task[None] | None) -> None:
         log.exception("background task %s had failed", task.get_name())
 
 
+class NoTimeoutRetryCluster(RedisCluster):
+    """A Redis Cluster client that, like the single-node one, never sends a timed-out command again.
+
+    redis-py's cluster client retries every error in `ERRORS_ALLOW_RETRY`, whatever `Retry` says,
+    and that tuple holds TimeoutError: a write whose reply was slow ran twice (a config
+    compare-and-set then reported its own write as a conflict). Connection and cluster-state
+    errors still retry: the command did not run.
+    """
+
+    ERRORS_ALLOW_RETRY = tuple(  # type: ignore[assignment]  # redis-py types it as exactly its own four
+        error for error in RedisCluster.ERRORS_ALLOW_RETRY if not issubclass(error, redis_errors.TimeoutError)
+    )
+
+
 def connect_redis(settings: Settings) -> RedisClient:
     """A client whose every command gives up after `redis_timeout_s`, so a hung Redis cannot hang us.
 
@@ -99,7 +113,7 @@ def connect_redis(settings: Settings) -> RedisClient:
     # too unless told otherwise.
     retry = Retry(ExponentialBackoff(cap=0.1, base=0.01), retries=2, supported_errors=(redis_errors.ConnectionError,))
     if settings.redis_cluster:
-        return RedisCluster.from_url(
+        return NoTimeoutRetryCluster.from_url(
             settings.redis_url,
             socket_timeout=settings.redis_timeout_s,
             socket_connect_timeout=settings.redis_timeout_s,

@@ -8,10 +8,13 @@ import signal
 
 import pytest
 import redis.exceptions
+from redis.asyncio.cluster import RedisCluster
 
 from router.services import connect_redis
 from router.settings import Settings
+from router.store.client import RedisClient
 from router.store.embedded import RedisServer
+from tests.fixtures.redis_cluster import RedisClusterNodes
 
 
 async def test_a_command_that_timed_out_is_not_sent_again(fresh_redis_server: RedisServer) -> None:
@@ -20,8 +23,25 @@ async def test_a_command_that_timed_out_is_not_sent_again(fresh_redis_server: Re
     pid = fresh_redis_server.pid
     assert pid is not None
     client = connect_redis(Settings(redis_url=fresh_redis_server.url, redis_timeout_s=0.3))
+    await incremented_once_across_a_stall(client, pid)
+
+
+async def test_a_command_that_timed_out_is_not_sent_again_on_a_cluster(
+    redis_cluster: RedisClusterNodes, redis_cluster_url: str
+) -> None:
+    """redis-py's cluster client retries timeouts whatever its Retry says: the gateway's does not."""
+    client = connect_redis(Settings(redis_url=redis_cluster_url, redis_cluster=True, redis_timeout_s=0.3))
+    assert isinstance(client, RedisCluster)
+    await client.ping()
+    owner = client.get_node_from_key("counter")
+    assert owner is not None
+    await incremented_once_across_a_stall(client, redis_cluster.pid_of(owner.port))
+
+
+async def incremented_once_across_a_stall(client: RedisClient, pid: int) -> None:
+    """INCR while the Redis process `pid` is stopped past the client's timeout: it must run once."""
     try:
-        await client.ping()
+        await client.delete("counter")  # a pooled connection to the key's node: the INCR is sent, not connected
         os.kill(pid, signal.SIGSTOP)  # Redis takes the command but answers nothing until resumed
         # resumed after the first attempt timed out (0.3 s) and before a second one would (0.6 s)
         resume = asyncio.get_running_loop().call_later(0.45, os.kill, pid, signal.SIGCONT)
