@@ -154,32 +154,43 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         # Flow control (pausing reads) keeps the real transport; the request cycles write through this one.
         self.transport: CoalescingTransport = CoalescingTransport(transport, self.loop)
-        self._header_bytes = 0  # received since the current request began, while its headers are incomplete
-        self._in_body = False
+        # Bytes received since the parser last handed over something bounded elsewhere: a complete
+        # request head, or a piece of body (the body limit is the app's). What grows here is a request
+        # line, headers, or chunked-body trailers (buffered like headers), none of them bounded otherwise.
+        self._unparsed_bytes = 0
         self._refused = False
         self._max_header_bytes = max_header_bytes()
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # read and dropped until the connection closes: unread data would reset it (below)
-        if not self._in_body:
-            self._header_bytes += len(data)
+        self._unparsed_bytes += len(data)
         super().data_received(data)
-        # Checked after parsing: a chunk that completes the headers may carry a large body too.
-        if not self._in_body and self._header_bytes > self._max_header_bytes and not self.transport.is_closing():
+        # Checked after parsing: a chunk that completes the headers may carry a large body too. It is
+        # checked per read, so headers that arrive in few large reads can pass up to about twice the bound.
+        if self._unparsed_bytes > self._max_header_bytes and not self.transport.is_closing():
             self._refuse_headers()
 
     def on_headers_complete(self) -> None:
-        self._in_body = True
+        self._unparsed_bytes = 0
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._unparsed_bytes = 0
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
-        self._in_body = False
-        self._header_bytes = 0
+        self._unparsed_bytes = 0
 
     def _refuse_headers(self) -> None:
         limit = self._max_header_bytes
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A request is being answered (trailers of its body, or a pipelined request behind it):
+            # a 431 now would be taken as that request's answer. Cut the connection instead.
+            self.logger.warning("request headers or trailers over %d bytes during a request: connection closed", limit)
+            self.transport.abort()
+            return
         self.logger.warning("request line and headers over %d bytes: refused with 431", limit)
         body = orjson.dumps(
             HeadersTooLarge(

@@ -87,3 +87,36 @@ def test_the_limit_applies_to_each_request_of_a_keep_alive_connection(server: Se
             while not received.endswith(b"}"):
                 received += client.recv(65536)
             assert received.startswith(b"HTTP/1.1 200 ")
+
+
+def read_until_closed(client: socket.socket, within_s: float = 10.0) -> bytes:
+    client.settimeout(within_s)
+    received = b""
+    try:
+        while chunk := client.recv(65536):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    return received
+
+
+def test_endless_trailers_of_a_chunked_body_close_the_connection(server: ServerProcess) -> None:
+    """Trailers are buffered like headers; no answer is due yet, so the connection is cut."""
+    request = (
+        b"POST /v1/experiments/nothing/outcomes HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+        b"transfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nX-Trailer: " + b"a" * 200_000
+    )
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+        client.sendall(request)
+        received = read_until_closed(client)
+    assert not received.startswith(b"HTTP/1.1 431")  # no 431 as the answer to a request being read
+
+
+def test_oversized_headers_behind_a_pipelined_request_are_never_its_answer(server: ServerProcess) -> None:
+    first = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    second = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Junk: " + b"a" * (LIMIT * 3)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+        client.sendall(first + second)
+        received = read_until_closed(client)
+    assert not received.startswith(b"HTTP/1.1 431")
+    assert received == b"" or received.startswith(b"HTTP/1.1 200 ")
