@@ -8,6 +8,7 @@ file or raises `InvalidConfig` whose `details` name each problem as
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -80,12 +81,27 @@ def describe_validation_error(error: ValidationError, *, prefix: Sequence[int | 
     return lines
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading `1e3` as the number YAML 1.2 and JSON say it is.
+
+    PyYAML follows YAML 1.1, whose floats need a dot: `weight: 1e3` came back as the string
+    "1e3", which the schema's numbers (strict: no text taken for a number) refuse.
+    """
+
+
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def parse_text(text: str, *, source: str) -> Any:
     """YAML (a superset of JSON) -> plain data; a syntax error becomes `InvalidConfig`."""
     try:
         if source.endswith(".json"):
             return json.loads(text)
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader (below): no arbitrary objects
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
         raise InvalidConfig(f"{source}: not valid YAML/JSON", details=[f"{source}: {exc}"]) from None
 

@@ -294,3 +294,18 @@ def test_a_rollout_with_default_intervals_is_written_as_an_earlier_release_reads
     assert sequential.model_dump(mode="json")["rollout"]["intervals"] == "sequential"
     for written in (fixed, sequential):
         assert Experiment.model_validate_json(written.model_dump_json()) == written
+
+
+def test_yaml_numbers_in_exponent_form_are_numbers(tmp_path: Path) -> None:
+    """PyYAML reads `1e3` as a string (YAML 1.1 floats need a dot); the schema's numbers refuse strings."""
+    path = tmp_path / "x.yaml"
+    path.write_text(
+        "experiments:\n"
+        "  - name: churn\n"
+        "    control: current\n"
+        "    variants:\n"
+        "      - {name: current, weight: 1e3, url: 'http://127.0.0.1:9001/predict'}\n"
+        "      - {name: candidate, weight: 2.5E+2, url: 'http://127.0.0.1:9002/predict'}\n"
+    )
+    [experiment] = load_file(path)
+    assert experiment.weights == (1000.0, 250.0)
