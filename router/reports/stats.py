@@ -414,12 +414,15 @@ def _srm_arms(units: Sequence[int], weights: Sequence[float]) -> tuple[FloatArra
     counts = np.asarray(units, dtype=np.float64)
     w = np.asarray(weights, dtype=np.float64)
     # An arm with weight 0 expects no units; its stragglers (exposed before a weight edit) say nothing
-    # about the split of the others.
-    keep = w > 0
-    counts, w = counts[keep], w[keep]
+    # about the split of the others. So does one whose share is 0 in floats (a weight of 5e-324 beside
+    # 1e12): it would expect 0 units and put 0/0 into the test.
+    total = w[w > 0].sum() if np.any(w > 0) else 0.0
+    shares = np.where(w > 0, w / total, 0.0) if total > 0 else np.zeros_like(w)
+    keep = shares > 0
+    counts, shares = counts[keep], shares[keep]
     if len(counts) < 2 or not np.all(np.isfinite(counts)) or np.any(counts < 0) or counts.sum() <= 0:
         return None
-    return counts, w / w.sum()
+    return counts, shares / shares.sum()
 
 
 def srm_chi_square(units: Sequence[int], weights: Sequence[float]) -> ChiSquare | None:

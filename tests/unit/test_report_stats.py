@@ -199,6 +199,13 @@ def test_srm_drops_arms_with_zero_weight() -> None:
     assert with_straggler == without
 
 
+def test_srm_drops_an_arm_whose_share_is_zero_in_floats() -> None:
+    """A weight of 5e-324 beside 1e12 is a share of exactly 0.0: no expected units, no 0/0 in the test."""
+    tiny = srm_chi_square([480, 520, 0], [1e12, 1e12, 5e-324])
+    assert tiny == srm_chi_square([480, 520], [0.5, 0.5])
+    assert srm_log_bayes_factor([480, 520, 0], [1e12, 1e12, 5e-324]) == srm_log_bayes_factor([480, 520], [1, 1])
+
+
 @pytest.mark.parametrize(
     ("units", "weights"),
     [
