@@ -36,7 +36,8 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 def parse_credentials(token: str | None, named: str | None) -> dict[str, str]:
     """`ABROUTER_ADMIN_TOKEN` and `ABROUTER_ADMIN_TOKENS=name:token,...` as token -> actor name.
 
-    A malformed `named` raises `ValueError` with a message that never quotes the secret.
+    A malformed `named` raises `ValueError` with a message that never quotes the secret. So does a
+    token that is not printable ASCII: HTTP clients send header bytes that no such token matches.
     """
     credentials: dict[str, str] = {}
     if token and token.strip():
@@ -51,6 +52,12 @@ def parse_credentials(token: str | None, named: str | None) -> dict[str, str]:
                 "(the variable is `name:token,name:token,...`)"
             )
         credentials[secret.strip()] = name.strip()
+    for secret, actor in credentials.items():
+        if not (secret.isascii() and secret.isprintable()):
+            raise ValueError(
+                f"the admin token of actor {actor!r} has characters other than printable ASCII: "
+                "no HTTP client could send it (use letters, digits and punctuation)"
+            )
     return credentials
 
 

@@ -26,6 +26,21 @@ def test_a_malformed_named_token_is_refused_without_quoting_the_secret() -> None
 
 
 @pytest.mark.parametrize(
+    ("token", "named", "actor"),
+    [
+        pytest.param("pässwörd", None, "admin", id="latin-1"),
+        pytest.param(None, "alice:tok-a,bob:日本語", "bob", id="named-cjk"),
+        pytest.param("tab\tinside", None, "admin", id="control-character"),
+    ],
+)
+def test_a_token_no_http_client_could_send_is_refused_at_start_without_quoting_it(
+    token: str | None, named: str | None, actor: str
+) -> None:
+    with pytest.raises(ValueError, match=rf"admin token of actor '{actor}' has characters other than printable ASCII"):
+        parse_credentials(token, named)
+
+
+@pytest.mark.parametrize(
     ("header", "actor"),
     [
         pytest.param("Bearer tok-a", "alice", id="first-token"),
