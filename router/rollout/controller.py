@@ -63,6 +63,8 @@ LEASE_TICKS: Final = 5
 MIN_LEASE_S: Final = 10.0
 #: the phases in which a rollout has a current step (and so a step baseline)
 MOVING: Final = frozenset({Phase.RUNNING, Phase.PAUSED})
+#: the phases in which a rollout is over
+OVER: Final = frozenset({Phase.PROMOTED, Phase.ROLLED_BACK, Phase.ABORTED})
 #: percent: a canary share further than this from the step's is someone else's edit
 SHARE_TOLERANCE: Final = 1e-6
 #: tries of an operator's action to write its weights when other config edits keep winning
@@ -142,6 +144,21 @@ def current(state: RolloutState | None, rollout: Rollout) -> RolloutState | None
     return state if state is not None and state.plan == plan_of(rollout) else None
 
 
+def _edited_since(stored: StoredExperiment, state: RolloutState) -> bool:
+    """Whether someone other than the controller wrote the config after `state`'s decision."""
+    return 0 < state.decided_on < stored.version and stored.updated_by != CONTROLLER
+
+
+def _running_again_after_promotion(stored: StoredExperiment, state: RolloutState) -> bool:
+    """A promoted rollout whose experiment someone set running again: a new model to roll out, from step 0."""
+    return (
+        state.phase is Phase.PROMOTED
+        and state.weights_applied
+        and stored.experiment.status is Status.RUNNING
+        and _edited_since(stored, state)
+    )
+
+
 def start_state(rollout: Rollout, now: float, *, previous: RolloutState | None = None) -> RolloutState:
     """A rollout at its first step, its first decision one interval away, its weights not yet written.
 
@@ -169,13 +186,16 @@ async def record_decision(
     before: RolloutState | None,
     after: RolloutState,
     reason: str,
+    decided_on: int,
     units: Mapping[str, int] | None = None,
     gates: list[GateResult] | None = None,
 ) -> RolloutState | None:
     """Store `after` with the decision that led to it (what, by whom, on what) and count it.
 
-    Returns the state as stored, or None when the compare-and-set lost: someone else decided first.
+    `decided_on` is the config version the decision was taken on. Returns the state as stored, or
+    None when the compare-and-set lost: someone else decided first.
     """
+    after = after.but(decided_on=decided_on)
     record = {
         "at": datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z"),
         "decision": decision.value,
@@ -282,11 +302,23 @@ class RolloutController:
         now = self._clock()
         previous = await self._rollouts.read(name)
         state = current(previous, rollout)
-        if state is None:
+        restarted = state is not None and _running_again_after_promotion(stored, state)
+        if state is not None and state.phase in OVER and not state.weights_applied and _edited_since(stored, state):
+            # Its config write went through, or not, but someone has written the config since: the
+            # decision is not laid over their edit (it could conclude a new, untested model).
+            await self._rollouts.write(name, state.but(weights_applied=True))
+            return
+        if state is None or restarted:
             if experiment.status is not Status.RUNNING:
                 return  # a paused or concluded experiment does not start a rollout
             started = start_state(rollout, now, previous=previous)
-            reason = "rollout started" if previous is None else "rollout started again: its canary or steps changed"
+            reason = (
+                "rollout started"
+                if previous is None
+                else "rollout started again: the experiment runs again after its promotion"
+                if restarted
+                else "rollout started again: its canary or steps changed"
+            )
             state = await record_decision(
                 self._rollouts,
                 self._metrics,
@@ -298,6 +330,7 @@ class RolloutController:
                 before=None,
                 after=started,
                 reason=reason,
+                decided_on=stored.version,
             )
             if state is None:
                 return  # an operator acted meanwhile: look again next tick
@@ -341,6 +374,7 @@ class RolloutController:
             before=state,
             after=paused,
             reason=reason,
+            decided_on=stored.version,
         )
         if written is not None:
             log.warning("rollout of %s: %s", stored.name, reason)
@@ -414,6 +448,7 @@ class RolloutController:
             before=state,
             after=after,
             reason=reason,
+            decided_on=stored.version,
             units=units,
             gates=results,
         )
@@ -487,6 +522,7 @@ async def operate(
         before=state,
         after=after,
         reason=f"{action.value} by {actor}",
+        decided_on=stored.version,
     )
     if written is None:
         raise RolloutConflict(

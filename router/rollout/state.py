@@ -81,6 +81,8 @@ class RolloutState:
     revision: int = 0
     #: the arms' call counts when the step began (`StepBaseline.to_json`), "" until the controller took them
     baseline: str = ""
+    #: the config version this state's decision was taken on (0: unknown, a state from before it was kept)
+    decided_on: int = 0
 
     def fields(self) -> list[str]:
         """The hash fields, as the flat [field, value, ...] the write script takes."""
@@ -97,6 +99,8 @@ class RolloutState:
             "1" if self.weights_applied else "0",
             "baseline",
             self.baseline,
+            "decided_on",
+            str(self.decided_on),
         ]
 
     def but(self, **changes: Any) -> RolloutState:
@@ -182,6 +186,7 @@ def _state_from_hash(fields: Mapping[str, str]) -> RolloutState:
         weights_applied=fields.get("weights_applied") == "1",
         baseline=fields.get("baseline", ""),
         revision=int(fields.get("revision", "0")),
+        decided_on=int(fields.get("decided_on", "0")),
     )
 
 

@@ -527,3 +527,53 @@ async def test_a_config_this_release_cannot_read_leaves_the_rollout_to_replicas_
         assert not [r for r in caplog.records if r.levelname == "ERROR"]
     finally:
         await upstream.aclose()
+
+
+async def promoted(parts: dict[str, Any], clock: Clock) -> RolloutController:
+    """A rollout taken through every step to its promotion (the experiment concluded, the canary the winner)."""
+    driver = await started(parts, clock, gates=[{"metric": "error_rate", "max_increase": 0.01}])
+    for _ in range(3):
+        await healthy_step(parts)
+        clock.advance()
+        await driver.drive(NAME)
+    assert (await state(parts)).phase is Phase.PROMOTED
+    return driver
+
+
+def running_again(concluded: Experiment) -> Experiment:
+    """The concluded experiment set running again, as an operator does to roll out a new model."""
+    return Experiment.model_validate({**concluded.model_dump(mode="json"), "status": "running", "winner": None})
+
+
+async def test_an_experiment_set_running_again_after_its_promotion_rolls_out_again_from_the_first_step(
+    parts: dict[str, Any], clock: Clock
+) -> None:
+    """A new model behind the same variant name gets a rollout of its own, not the old promotion."""
+    driver = await promoted(parts, clock)
+    concluded = await parts["configs"].get(NAME)
+    await parts["configs"].put(running_again(concluded.experiment), actor="alice", expected_version=concluded.version)
+
+    await driver.drive(NAME)  # starts again and writes the first step's weights
+
+    assert (await state(parts)).phase is Phase.RUNNING and (await state(parts)).step == 0
+    assert shares(await weights(parts))["candidate"] == 1.0
+    last = (await parts["rollouts"].decisions(NAME))[0]
+    assert last["reason"] == "rollout started again: the experiment runs again after its promotion"
+
+
+async def test_a_promotion_whose_state_write_failed_is_not_laid_over_a_later_edit(
+    parts: dict[str, Any], clock: Clock, redis_client: redis.asyncio.Redis
+) -> None:
+    """The promotion's config went through but its state kept `weights_applied` 0 (a Redis blip); then an
+    operator set the experiment running with a new model: the old promotion must not conclude it."""
+    driver = await promoted(parts, clock)
+    await redis_client.hset(Keys().rollout(NAME), "weights_applied", "0")  # the blip
+    concluded = await parts["configs"].get(NAME)
+    running = running_again(concluded.experiment)
+    edited = await parts["configs"].put(running, actor="alice", expected_version=concluded.version)
+
+    await driver.drive(NAME)
+
+    now = await parts["configs"].get(NAME)
+    assert (now.version, now.experiment.status) == (edited.version, "running")  # not concluded again
+    assert (await state(parts)).weights_applied
