@@ -7,6 +7,7 @@ import logging
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.routing import Match
 
 from router.api.responses import error_response
 from router.errors import RouterError
@@ -31,7 +32,24 @@ async def handle_router_error(request: Request, exc: Exception) -> Response:
 async def handle_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return error_response(_HTTPError(exc.status_code, code, f"{request.method} {request.url.path}: {exc.detail}"))
+    error = _HTTPError(exc.status_code, code, f"{request.method} {request.url.path}: {exc.detail}")
+    if exc.status_code == 405:
+        return error_response(error, headers={"Allow": ", ".join(allowed_methods(request))})
+    return error_response(error)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route answers on this path (RFC 9110: a 405 carries `Allow`).
+
+    Each admin method is a route of its own on a shared path, so Starlette's own header would name
+    only the first route's methods; this asks every route.
+    """
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 async def handle_client_disconnect(request: Request, exc: Exception) -> Response:

@@ -14,6 +14,15 @@ def test_a_get_on_the_predict_path_is_a_405_json_error(gateway: GatewayFactory) 
     response = client.get("/v1/experiments/exp/predict")
     assert response.status_code == 405
     assert response.json()["error"]["code"] == "method_not_allowed"
+    assert response.headers["allow"] == "POST"  # RFC 9110: a 405 names the methods that would do
+
+
+def test_a_405_on_a_path_shared_by_several_routes_names_every_method_of_them(gateway: GatewayFactory) -> None:
+    """Each admin method is a route of its own on the one path: all of them are allowed, not the first's."""
+    client = gateway([experiment()])
+    response = client.post("/v1/experiments/exp")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "DELETE, GET, HEAD, PATCH, PUT"
 
 
 def test_a_path_with_an_empty_experiment_name_is_no_route(gateway: GatewayFactory) -> None:
