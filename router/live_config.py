@@ -95,24 +95,24 @@ class LiveConfig:
                 if self._version_of(name) != version and not self._recently_rejected(name, version)
             ]
             loaded = []
-            unreadable: dict[str, StoredExperiment | None] = {}
+            # one experiment's unreadable config: the others are still applied
+            unreadable: list[tuple[str, str, StoredExperiment | None]] = []
             for name in changed:
                 try:
                     loaded.append(await self._store.get(name))
-                except UnreadableConfig as exc:  # one experiment's: the others are still applied
-                    self._reject(name, versions[name], exc.message)
-                    if self._version_of(name) is None:  # a process that starts now: serve what it can read
-                        unreadable[name] = await self._newest_readable(name)
+                except UnreadableConfig as exc:
+                    # a process that starts now serves the newest version it can read
+                    fallback = await self._newest_readable(name) if self._version_of(name) is None else None
+                    unreadable.append((name, exc.message, fallback))
         except StoreUnavailable as exc:
             self.lost_store(exc.message)
             raise
         for stored in loaded:
             await self._activate(stored, strict=strict)
-        for name, fallback in unreadable.items():
+        for name, why, fallback in unreadable:
             if fallback is not None:
-                rejection = self.rejected[name], self._rejected_versions[name]
                 await self._activate(fallback, strict=False)
-                self.rejected[name], self._rejected_versions[name] = rejection  # the newest is still not in force
+            self._reject(name, versions[name], why)  # after: activating clears an experiment's rejection
         for name in set(self.rejected) - set(versions):  # archived since: nothing to warn about
             self.rejected.pop(name, None)
             self._rejected_versions.pop(name, None)

@@ -312,13 +312,12 @@ class RolloutController:
             if experiment.status is not Status.RUNNING:
                 return  # a paused or concluded experiment does not start a rollout
             started = start_state(rollout, now, previous=previous)
-            reason = (
-                "rollout started"
-                if previous is None
-                else "rollout started again: the experiment runs again after its promotion"
-                if restarted
-                else "rollout started again: its canary or steps changed"
-            )
+            if previous is None:
+                reason = "rollout started"
+            elif restarted:
+                reason = "rollout started again: the experiment runs again after its promotion"
+            else:
+                reason = "rollout started again: its canary or steps changed"
             state = await record_decision(
                 self._rollouts,
                 self._metrics,

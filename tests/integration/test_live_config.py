@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis.asyncio as redis
 
 from router.config.schema import Experiment
 from router.live_config import LiveConfig
-from router.proxy import open_upstream_client
+from router.proxy import UpstreamClient, open_upstream_client
 from router.store.configs import ConfigStore
 from router.store.keys import Keys
 from router.variants.local import LocalModel
@@ -38,53 +40,52 @@ def _experiment(model: Path) -> Experiment:
     return Experiment.model_validate({"name": "exp", "control": "a", "variants": variants})
 
 
+@pytest.fixture
+async def upstream() -> AsyncIterator[UpstreamClient]:
+    client = open_upstream_client("httpx", max_connections=4, keepalive_s=1)
+    yield client
+    await client.aclose()
+
+
 async def test_a_version_whose_model_cannot_load_is_tried_once_and_the_previous_one_stays(
-    redis_client: redis.Redis, trained_models: dict[str, Path], tmp_path: Path
+    redis_client: redis.Redis, trained_models: dict[str, Path], tmp_path: Path, upstream: UpstreamClient
 ) -> None:
     store = ConfigStore(redis_client, keys=Keys())
     models = CountingModelCache()
-    upstream = open_upstream_client("httpx", max_connections=4, keepalive_s=1)
     live = LiveConfig(store, client=upstream, models=models)
-    try:
-        await store.put(_experiment(trained_models["churn_current"]), actor="test", expected_version=None)
-        await live.refresh(strict=True)
-        await store.put(_experiment(tmp_path / "typo.joblib"), actor="test", expected_version=1)
-        for _ in range(3):
-            await live.refresh()
-        assert models.attempts == 2  # version 1 once, version 2 once: not once a second forever
-        assert live.get("exp").version == 1
-        assert "version 2" in live.rejected["exp"]
-
-        await store.put(_experiment(trained_models["churn_candidate"]), actor="test", expected_version=2)
+    await store.put(_experiment(trained_models["churn_current"]), actor="test", expected_version=None)
+    await live.refresh(strict=True)
+    await store.put(_experiment(tmp_path / "typo.joblib"), actor="test", expected_version=1)
+    for _ in range(3):
         await live.refresh()
-        assert live.get("exp").version == 3
-        assert live.rejected == {}
-    finally:
-        await upstream.aclose()
+    assert models.attempts == 2  # version 1 once, version 2 once: not once a refresh
+    assert live.get("exp").version == 1
+    assert "version 2" in live.rejected["exp"]
+
+    await store.put(_experiment(trained_models["churn_candidate"]), actor="test", expected_version=2)
+    await live.refresh()
+    assert live.get("exp").version == 3
+    assert live.rejected == {}
 
 
 async def test_a_rejected_version_is_tried_again_later_so_a_model_file_that_arrives_late_is_applied(
-    redis_client: redis.Redis, trained_models: dict[str, Path], tmp_path: Path
+    redis_client: redis.Redis, trained_models: dict[str, Path], tmp_path: Path, upstream: UpstreamClient
 ) -> None:
     """Config and model files often travel separately: the file may reach a replica after the config."""
     store = ConfigStore(redis_client, keys=Keys())
     models = CountingModelCache()
-    upstream = open_upstream_client("httpx", max_connections=4, keepalive_s=1)
     live = LiveConfig(store, client=upstream, models=models, rejected_retry_s=0.2)
     late = tmp_path / "late.joblib"
-    try:
-        await store.put(_experiment(trained_models["churn_current"]), actor="test", expected_version=None)
-        await live.refresh(strict=True)
-        await store.put(_experiment(late), actor="test", expected_version=1)
-        await live.refresh()
-        await live.refresh()
-        assert (live.get("exp").version, models.attempts) == (1, 2)  # not retried at once
-        shutil.copy(trained_models["churn_candidate"], late)
+    await store.put(_experiment(trained_models["churn_current"]), actor="test", expected_version=None)
+    await live.refresh(strict=True)
+    await store.put(_experiment(late), actor="test", expected_version=1)
+    await live.refresh()
+    await live.refresh()
+    assert (live.get("exp").version, models.attempts) == (1, 2)  # not retried at once
+    shutil.copy(trained_models["churn_candidate"], late)
 
-        await asyncio.sleep(0.25)
-        await live.refresh()
+    await asyncio.sleep(0.25)
+    await live.refresh()
 
-        assert live.get("exp").version == 2
-        assert live.rejected == {}
-    finally:
-        await upstream.aclose()
+    assert live.get("exp").version == 2
+    assert live.rejected == {}
